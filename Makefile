@@ -1,0 +1,30 @@
+.PHONY: install test test-all lint format train tensorboard bench clean
+
+PYTHON ?= python
+
+install:  ## install the package with its dev tools (editable)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the fast suite (a few minutes on 2 CPU cores); real-data tests run when DATA_DIR holds the data
+	$(PYTHON) -m pytest -m "not slow" -q
+
+test-all:  ## everything, including the slow end-to-end runs
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check src tests bench train.py eval.py
+
+format:
+	$(PYTHON) -m ruff format src tests bench train.py eval.py
+
+train:  ## the default run: simple_cnn on MNIST
+	$(PYTHON) train.py
+
+tensorboard:  ## review every run (binds 127.0.0.1 only)
+	tensorboard --logdir outputs --host 127.0.0.1
+
+bench:  ## visiontrain vs a plain PyTorch loop, steps/s
+	$(PYTHON) bench/throughput.py
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

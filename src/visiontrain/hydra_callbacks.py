@@ -1,0 +1,83 @@
+"""Hydra callbacks: after a multirun, one table of every job's overrides and final metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("visiontrain")
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder: its number, overrides, and metrics.json (absent if the job failed)."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = OmegaConf.load(overrides_file)
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": "done" if metrics else "failed",
+                     "dir": str(job_dir), **{k: v for k, v in metrics.items() if k != "best_model_path"}})
+    return rows
+
+
+def rank_jobs(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Best first by ``metric``; jobs without it (failed) last."""
+    sign = -1 if mode == "max" else 1
+
+    def key(row: dict[str, Any]) -> float:
+        value = row.get(metric)
+        return sign * value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    return sorted(rows, key=key)
+
+
+def write_summary(sweep_dir: Path, metric: str, mode: str) -> Path:
+    rows = rank_jobs(collect_jobs(sweep_dir), metric, mode)
+    metric_names = sorted({k for row in rows for k in row} - {"job", "overrides", "status", "dir"})
+    if metric in metric_names:  # the ranking metric first
+        metric_names.remove(metric)
+        metric_names.insert(0, metric)
+    columns = ["job", "status", "overrides", *metric_names, "dir"]
+    path = sweep_dir / "summary.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    print_summary(rows, metric, path)
+    return path
+
+
+def print_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"multirun summary, best {metric} first ({path})")
+    for column in ("job", "status", "overrides", metric):
+        table.add_column(column)
+    for row in rows:
+        value = row.get(metric)
+        table.add_row(row["job"], row["status"], row["overrides"],
+                      f"{value:.4f}" if isinstance(value, float) else "-")
+    Console().print(table)
+
+
+class SweepSummary(Callback):
+    """Writes ``<sweep dir>/summary.csv`` when a multirun ends, whatever the launcher."""
+
+    def __init__(self, metric: str | None = None, mode: str | None = None) -> None:
+        self.metric = metric
+        self.mode = mode
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        metric = self.metric or config.get("optimized_metric") or "val/acc"
+        mode = self.mode or ("min" if "loss" in metric or "error" in metric else "max")
+        path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
+        log.info("sweep summary written to %s", path)

@@ -1,0 +1,1 @@
+"""Network builders, one module per model family. They never import tasks."""

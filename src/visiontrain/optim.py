@@ -1,0 +1,24 @@
+"""Learning-rate schedules. Every scheduler config is a partial taking ``(optimizer, total_steps)``
+and is stepped once per optimizer step, so schedules do not depend on the epoch length."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def cosine_with_warmup(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up from 0 over ``warmup_fraction`` of training, then cosine decay to ``min_lr_ratio * lr``."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,163 @@
+"""What every entry point does around the Trainer: seeding, instantiation, error reporting, run records."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from visiontrain.errors import UserError
+
+log = logging.getLogger("visiontrain")
+
+# conf/ at the project root, reached through the package's conf symlink (also in wheels)
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def user_error_of(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``: itself, a Hydra instantiation's cause, or one re-raised by a DataLoader worker."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None
+
+
+def one_sentence(err: UserError) -> str:
+    text = str(err)
+    # a DataLoader worker re-raises with the worker's traceback inside the message; keep its last line
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn a UserError (or a Hydra instantiation error caused by one) into one line and exit status 1."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except (UserError, InstantiationException, RuntimeError) as err:
+            cause = user_error_of(err)
+            if cause is None:
+                raise
+            log.error(one_sentence(cause))
+            raise SystemExit(f"error: {one_sentence(cause)}") from None
+
+    return wrapper
+
+
+def prepare_run(cfg: DictConfig) -> None:
+    """Seed, silence known-noisy warnings if asked, save and print the composed config."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if cfg.get("seed") is not None:
+        from lightning import seed_everything
+
+        seed_everything(cfg.seed, workers=True)
+    if extras.get("matmul_precision"):
+        torch.set_float32_matmul_precision(extras.matmul_precision)
+    if rank_zero_only.rank == 0:
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # the composed config with every interpolation resolved: what this run really used
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if extras.get("print_config"):
+            print_config(cfg)
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("config", guide_style="dim")
+    for section in ("data", "model", "trainer", "callbacks", "logger", "paths"):
+        if section in cfg:
+            body = OmegaConf.to_yaml(cfg[section], resolve=True)
+            tree.add(section).add(rich.syntax.Syntax(body, "yaml", theme="ansi_dark"))
+    rest = {k: v for k, v in cfg.items() if k not in ("data", "model", "trainer", "callbacks", "logger", "paths",
+                                                        "extras", "hydra")}
+    tree.add("run").add(rich.syntax.Syntax(OmegaConf.to_yaml(OmegaConf.create(rest)), "yaml", theme="ansi_dark"))
+    rich.print(tree)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``callbacks`` / ``logger`` group (entries set to null are skipped)."""
+    if not cfg:
+        return []
+    return [instantiate(entry) for entry in cfg.values() if entry is not None and "_target_" in entry]
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a/b": scalar}``; lists and None become strings (what TensorBoard HParams accepts)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of the config that define the experiment, flattened."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return flatten({key: container[key] for key in ("data", "model", "trainer", "seed") if key in container})
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    values = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values[name] = float(value)
+    return values
+
+
+@rank_zero_only
+def record_results(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float], loggers: list[Logger]) -> None:
+    """Write ``metrics.json`` and the TensorBoard HParams entry (hyperparameters with final metrics)."""
+    checkpoint = trainer.checkpoint_callback
+    record: dict[str, Any] = dict(sorted(metrics.items()))
+    record["best_model_path"] = getattr(checkpoint, "best_model_path", "") or None
+    path = Path(cfg.paths.output_dir) / "metrics.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("final metrics written to %s", path)
+    for logger in loggers:
+        writer = getattr(getattr(logger, "experiment", None), "_get_file_writer", None)
+        if writer is None or not metrics:
+            continue
+        from torch.utils.tensorboard.summary import hparams
+
+        # one HParams session per run, written at the end so it holds the final metrics; the metric
+        # values themselves are read by TensorBoard from the scalar tags of the same name
+        for summary in hparams(hyperparameters(cfg), metrics):
+            writer().add_summary(summary)
+        logger.experiment.flush()
+
+
+def log_config_hyperparameters(cfg: DictConfig, loggers: list[Logger]) -> None:
+    """Save the experiment-defining config with each logger (``hparams.yaml`` for TensorBoard/CSV)."""
+    for logger in loggers:
+        logger.log_hyperparams(hyperparameters(cfg))

@@ -1,0 +1,1 @@
+"""LightningModules, one per task. A task receives its network and data through the config."""

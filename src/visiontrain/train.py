@@ -1,0 +1,62 @@
+"""Train (and then test) a model: ``python train.py model=resnet data=cifar10``.
+
+Reads top to bottom: compose -> instantiate data, model, callbacks, loggers, trainer -> fit -> test
+on the best checkpoint -> write metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from visiontrain import runtime
+from visiontrain.runtime import CONFIG_DIR
+from visiontrain.callbacks import ConfigInCheckpoint
+
+log = logging.getLogger("visiontrain")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    runtime.prepare_run(cfg)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    model.check_data_compatibility(datamodule.input_shape, datamodule.num_classes, datamodule.name)
+
+    callbacks = runtime.instantiate_group(cfg.get("callbacks"))
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
+    callbacks.append(ConfigInCheckpoint(sections))
+    loggers = runtime.instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    runtime.log_config_hyperparameters(cfg, trainer.loggers)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
+
+    if cfg.get("test") and getattr(datamodule, "has_test_split", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train") else ""
+        if cfg.get("train") and not best:
+            log.warning("no best checkpoint was saved: testing the weights as they are after training")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path")))
+        metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
+
+    runtime.record_results(cfg, trainer, metrics, trainer.loggers)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@runtime.report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # the value a Hydra sweeper (Optuna) optimises
+    optimized = cfg.get("optimized_metric")
+    return metrics.get(optimized) if optimized else None
+
+
+if __name__ == "__main__":
+    main()
