@@ -53,7 +53,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, logger=loggers or False)
     runtime.log_config_hyperparameters(cfg, trainer.loggers)
 
-    trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except RuntimeError as err:
+        if "loading state_dict" not in str(err):
+            raise
+        first = next(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        raise UserError(
+            f"checkpoint {cfg.ckpt_path} does not fit the model config ({first.rstrip('.')}); "
+            "leave out the model overrides to use the config stored in the checkpoint."
+        ) from err
     metrics = runtime.scalar_metrics(trainer.callback_metrics)
     runtime.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics

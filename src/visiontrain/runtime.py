@@ -15,7 +15,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -144,16 +144,18 @@ def record_results(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float],
     path = Path(cfg.paths.output_dir) / "metrics.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     log.info("final metrics written to %s", path)
-    for logger in loggers:
-        writer = getattr(getattr(logger, "experiment", None), "_get_file_writer", None)
-        if writer is None or not metrics:
-            continue
-        from torch.utils.tensorboard.summary import hparams
+    if not metrics:
+        return
+    from torch.utils.tensorboard.summary import hparams
 
+    for logger in loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
         # one HParams session per run, written at the end so it holds the final metrics; the metric
         # values themselves are read by TensorBoard from the scalar tags of the same name
+        writer = logger.experiment._get_file_writer()
         for summary in hparams(hyperparameters(cfg), metrics):
-            writer().add_summary(summary)
+            writer.add_summary(summary)
         logger.experiment.flush()
 
 

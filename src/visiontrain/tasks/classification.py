@@ -115,6 +115,13 @@ class ClassificationModule(LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity-check batches
+        scheduler = self.lr_schedulers()
+        planned, needed = getattr(scheduler, "total_steps", None), int(self.trainer.estimated_stepping_batches)
+        if planned is not None and planned != needed:  # a resumed OneCycle keeps the length it was built with
+            raise UserError(
+                f"the checkpoint's learning-rate schedule of {planned} steps cannot continue into a run that now "
+                f"needs {needed}; resume with the original trainer.max_epochs, or start a new run from these weights."
+            )
 
     def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch
