@@ -59,13 +59,15 @@ def print_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    # show what the jobs differ in; the CSV keeps every override
+    shared = set.intersection(*(set(row["overrides"].split()) for row in rows)) if rows else set()
     table = Table(title=f"multirun summary, best {metric} first ({path})")
     for column in ("job", "status", "overrides", metric):
         table.add_column(column)
     for row in rows:
         value = row.get(metric)
-        table.add_row(row["job"], row["status"], row["overrides"],
-                      f"{value:.4f}" if isinstance(value, float) else "-")
+        varying = " ".join(o for o in row["overrides"].split() if o not in shared)
+        table.add_row(row["job"], row["status"], varying, f"{value:.4f}" if isinstance(value, float) else "-")
     Console().print(table)
 
 

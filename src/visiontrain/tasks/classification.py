@@ -138,7 +138,7 @@ class ClassificationModule(LightningModule):
         acc = self.val_metrics["acc"].compute()
         self.log_dict(self.val_metrics, prog_bar=True)
         self.val_acc_best.update(acc)
-        self.log("val/acc_best", self.val_acc_best.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self._evaluate(batch, self.test_loss, self.test_metrics)
@@ -155,7 +155,9 @@ class ClassificationModule(LightningModule):
         self.log("test/loss", self.test_loss)
         self.log_dict(self.test_metrics)
         per_class = self.test_class_acc.compute()
-        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)})
+        # already synchronised by torchmetrics; sync_dist only keeps Lightning from warning under DDP
+        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)},
+                      sync_dist=True)
         confusion = self.test_confusion.compute()
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
