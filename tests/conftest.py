@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from tests import formats
-from visiontrain.runtime import CONFIG_DIR
+from visiontrain.runtime import compose_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # keep tests quiet and light: no rich widgets, one thread is plenty for tiny tensors
@@ -30,21 +27,6 @@ def datasets(tmp_path_factory) -> Path:
     formats.write_cifar_png(root / "cifar10_png")
     formats.write_imagefolder(root / "folders")
     return root
-
-
-def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose like the CLI does, with Hydra's runtime fields set so ${hydra:...} resolves."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 @pytest.fixture

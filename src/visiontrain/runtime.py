@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain.errors import UserError
 
@@ -25,6 +25,29 @@ log = logging.getLogger("visiontrain")
 
 # conf/ at the project root, reached through the package's conf symlink (also in wheels)
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose a config from Python (tests, benchmarks, notebooks) as the command line would.
+
+    Hydra's runtime fields are filled in, so ``${hydra:...}`` interpolations resolve and the run
+    writes into ``output_dir``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(Path.cwd())
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def user_error_of(err: BaseException) -> UserError | None:

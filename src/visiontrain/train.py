@@ -10,6 +10,7 @@ import logging
 
 import hydra
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain import runtime
@@ -30,6 +31,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     callbacks.append(ConfigInCheckpoint(sections))
     loggers = runtime.instantiate_group(cfg.get("logger"))
+    if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     runtime.log_config_hyperparameters(cfg, trainer.loggers)
 
