@@ -1,11 +1,12 @@
 """Training throughput: visiontrain vs a plain hand-written PyTorch loop, measured in one run.
 
-Same network (simple_cnn), same data (the official MNIST files in $DATA_DIR/MNIST/raw), same batch size, optimizer and schedule. Each side trains whole epochs
-(no validation) of ``--steps`` steps; the two alternate for ``--rounds`` rounds. Shared CPUs drift by
-+-15% from one second to the next, so the ratio is taken within each round (two runs seconds apart)
-and the median of those ratios is reported, with the median steps per second of each side.
+Same network (simple_cnn), same data (the official MNIST files in $DATA_DIR/MNIST/raw), same batch
+size, optimizer and schedule. Each side trains one epoch of ``--steps`` steps (no validation); the two
+alternate for ``--rounds`` rounds. Shared CPUs drift by +-15% from one second to the next, so the
+ratio is taken within each round (two runs seconds apart) and the median of those ratios is
+reported, with the median steps per second of each side.
 
-    python bench/throughput.py [--rounds 5] [--steps 200] [--batch-size 128]
+    python bench/throughput.py [--rounds 15] [--steps 150] [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -49,12 +50,21 @@ def visiontrain_rate(root: Path, batch_size: int, steps: int) -> float:
     from visiontrain.train import train
 
     overrides = [
-        f"paths.data_dir={root}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0", "test=false", "extras.print_config=false", "logger=none",
+        f"paths.data_dir={root}",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+        "extras.print_config=false",
+        "logger=none",
         # nothing that writes output, on either side: no progress bar, checkpoints or loggers
-        "callbacks.model_checkpoint=null", "callbacks.progress_bar=null", "callbacks.model_summary=null",
-        "+trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
-        f"data.batch_size={batch_size}", f"trainer.limit_train_batches={steps}",
+        "callbacks.model_checkpoint=null",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_checkpointing=false",
+        f"data.batch_size={batch_size}",
+        f"trainer.limit_train_batches={steps}",
         "+callbacks.timer._target_=__main__.EpochTimer",
     ]
     cfg = compose_config("train", overrides, Path(tempfile.mkdtemp()))
@@ -72,8 +82,13 @@ def plain_rate(root: Path, batch_size: int, steps: int) -> float:
     net = SimpleCNN(in_channels=1, num_classes=10, image_size=28, width=16)
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=0.05, momentum=0.9,
-                          nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps, pct_start=0.25)
     net.train()
     start = time.perf_counter()
@@ -97,7 +112,7 @@ def plain_rate(root: Path, batch_size: int, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
@@ -106,13 +121,18 @@ def main() -> None:
     for _ in range(args.rounds):  # alternate, so both sides see the same machine conditions
         plain.append(plain_rate(root, args.batch_size, args.steps))
         ours.append(visiontrain_rate(root, args.batch_size, args.steps))
-    print(f"data: {root}  batch size: {args.batch_size}  steps per round: {args.steps}  rounds: {args.rounds}  "
-          f"threads: {torch.get_num_threads()}")
+    print(
+        f"data: {root}  batch size: {args.batch_size}  steps per round: {args.steps}  rounds: {args.rounds}  "
+        f"threads: {torch.get_num_threads()}"
+    )
     for name, rates in (("plain PyTorch loop", plain), ("visiontrain", ours)):
-        print(f"{name:18s}: {statistics.median(rates):6.1f} steps/s median  (rounds: {', '.join(f'{r:.1f}' for r in rates)})")
+        listed = ", ".join(f"{r:.1f}" for r in rates)
+        print(f"{name:18s}: {statistics.median(rates):6.1f} steps/s median  (rounds: {listed})")
     ratios = [o / p for o, p in zip(ours, plain)]
-    print(f"ratio visiontrain / plain: {statistics.median(ratios):.3f} median of rounds "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(
+        f"ratio visiontrain / plain: {statistics.median(ratios):.3f} median of rounds "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
 
 
 if __name__ == "__main__":

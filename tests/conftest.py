@@ -48,5 +48,9 @@ def run_cli(script: str, args: list[str], cwd: Path, data_dir: Path | None = Non
         env["DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -42,8 +42,15 @@ def test_default_command_trains_tests_and_records(tmp_path, datasets):
 
 
 def test_multirun_one_directory_per_job_and_a_ranked_summary(tmp_path, datasets):
-    args = ["-m", "model.optimizer.lr=0.1,0.001", "data.batch_size=32,64", *QUIET, "trainer.max_epochs=1", "test=false",
-            "logger=csv"]
+    args = [
+        "-m",
+        "model.optimizer.lr=0.1,0.001",
+        "data.batch_size=32,64",
+        *QUIET,
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger=csv",
+    ]
     result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = run_dirs(tmp_path, "multiruns")
@@ -62,9 +69,14 @@ def test_multirun_one_directory_per_job_and_a_ranked_summary(tmp_path, datasets)
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, datasets):
     args = [*QUIET, "debug=fdr"]
     runs = [
-        subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path,
-                         env={**os.environ, "DATA_DIR": str(datasets)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+            cwd=tmp_path,
+            env={**os.environ, "DATA_DIR": str(datasets)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     for proc in runs:
@@ -75,16 +87,25 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, dat
 
 def test_missing_data_is_one_sentence_naming_the_folder(tmp_path):
     result = run_cli("train.py", [*QUIET, "data.download=false"], cwd=tmp_path, data_dir=tmp_path / "nowhere")
-    assert_one_sentence_error(result, "MNIST not found", str(tmp_path / "nowhere" / "MNIST" / "raw"),
-                              "train-images-idx3-ubyte")
+    assert_one_sentence_error(
+        result, "MNIST not found", str(tmp_path / "nowhere" / "MNIST" / "raw"), "train-images-idx3-ubyte"
+    )
 
 
 def test_corrupt_image_is_one_sentence_naming_the_file(tmp_path):
     root = formats.write_imagefolder(tmp_path / "folders")
     broken = sorted((root / "train" / "class_2").iterdir())[3]
     broken.write_bytes(b"not a jpeg")
-    args = [*QUIET[:2], "data=imagefolder", f"data.root={root}", "data.num_classes=3", "data.image_size=32",
-            "data.num_workers=1", "data.batch_size=4", "trainer.max_epochs=1"]
+    args = [
+        *QUIET[:2],
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.num_classes=3",
+        "data.image_size=32",
+        "data.num_workers=1",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+    ]
     result = run_cli("train.py", args, cwd=tmp_path)
     assert_one_sentence_error(result, f"cannot decode image {broken}")
 
@@ -115,13 +136,21 @@ def test_ddp_on_cpu_writes_one_run_directory(tmp_path, datasets):
 
 
 def test_eval_command_reproduces_the_run(tmp_path, datasets):
-    result = run_cli("train.py", [*QUIET, "model=resnet", "data=cifar10", "trainer.max_epochs=1",
-                                  "data.batch_size=64"], cwd=tmp_path, data_dir=datasets)
+    result = run_cli(
+        "train.py",
+        [*QUIET, "model=resnet", "data=cifar10", "trainer.max_epochs=1", "data.batch_size=64"],
+        cwd=tmp_path,
+        data_dir=datasets,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     trained = json.loads((run / "metrics.json").read_text())
-    result = run_cli("eval.py", ["extras.print_config=false", f"ckpt_path={trained['best_model_path']}", "data=cifar10",
-                                 "data.val_size=100"], cwd=tmp_path, data_dir=datasets)
+    result = run_cli(
+        "eval.py",
+        ["extras.print_config=false", f"ckpt_path={trained['best_model_path']}", "data=cifar10", "data.val_size=100"],
+        cwd=tmp_path,
+        data_dir=datasets,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (eval_run,) = sorted((tmp_path / "outputs" / "eval" / "runs").iterdir())
     evaluated = json.loads((eval_run / "metrics.json").read_text())

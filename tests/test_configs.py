@@ -27,8 +27,17 @@ def test_groups_offer_the_documented_options():
     assert {"sgd", "adamw"} <= set(options("model/optimizer"))
     assert {"onecycle", "cosine"} <= set(options("model/scheduler"))
     readme = (PROJECT_ROOT / "README.md").read_text()
-    for group in ("data", "model", "model/optimizer", "model/scheduler", "trainer", "callbacks", "logger",
-                  "experiment", "debug"):
+    for group in (
+        "data",
+        "model",
+        "model/optimizer",
+        "model/scheduler",
+        "trainer",
+        "callbacks",
+        "logger",
+        "experiment",
+        "debug",
+    ):
         for option in options(group):
             assert f"`{option}`" in readme, f"README does not list {group}={option}"
 
@@ -75,8 +84,17 @@ def test_optimizers_and_schedulers_are_partials(make_config):
 
 
 def test_debug_overfit_drives_training_loss_down(make_config):
-    cfg = make_config("train", ["debug=overfit", "data.val_size=100", "data.batch_size=16", "trainer.max_epochs=15",
-                                "model.net.dropout=0.0", "test=false"])
+    cfg = make_config(
+        "train",
+        [
+            "debug=overfit",
+            "data.val_size=100",
+            "data.batch_size=16",
+            "trainer.max_epochs=15",
+            "model.net.dropout=0.0",
+            "test=false",
+        ],
+    )
     metrics = train(cfg)
     assert metrics["train/loss"] < 0.05 and metrics["train/acc"] == 1.0
 

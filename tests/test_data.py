@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +16,25 @@ from visiontrain.errors import UserError
 
 
 def mnist(data_dir, **kwargs) -> MNISTDataModule:
-    return MNISTDataModule(data_dir=str(data_dir), num_classes=10, num_channels=1, image_size=28,
-                           download=False, **{"val_size": 100, **kwargs})
+    return MNISTDataModule(
+        data_dir=str(data_dir),
+        num_classes=10,
+        num_channels=1,
+        image_size=28,
+        download=False,
+        **{"val_size": 100, **kwargs},
+    )
 
 
 def cifar(data_dir, **kwargs) -> CIFAR10DataModule:
-    return CIFAR10DataModule(data_dir=str(data_dir), num_classes=10, num_channels=3, image_size=32,
-                             download=False, **{"val_size": 50, **kwargs})
+    return CIFAR10DataModule(
+        data_dir=str(data_dir),
+        num_classes=10,
+        num_channels=3,
+        image_size=32,
+        download=False,
+        **{"val_size": 50, **kwargs},
+    )
 
 
 @pytest.mark.parametrize("compress", [True, False])

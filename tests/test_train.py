@@ -19,10 +19,20 @@ FAST = ["data.batch_size=16", "data.eval_batch_size=64"]
 DATA = {
     "mnist": ["data=mnist", "data.val_size=100"],
     "cifar10": ["data=cifar10", "data.val_size=100"],
-    "cifar10_png": ["data=cifar10", "data.val_size=100", "data.png_dir=${paths.data_dir}/cifar10_png",
-                    "data.data_dir=${paths.data_dir}/no_archive_here"],
-    "imagefolder": ["data=imagefolder", "data.root=${paths.data_dir}/folders", "data.num_classes=3",
-                    "data.image_size=32", "data.num_workers=0", "data.batch_size=8"],
+    "cifar10_png": [
+        "data=cifar10",
+        "data.val_size=100",
+        "data.png_dir=${paths.data_dir}/cifar10_png",
+        "data.data_dir=${paths.data_dir}/no_archive_here",
+    ],
+    "imagefolder": [
+        "data=imagefolder",
+        "data.root=${paths.data_dir}/folders",
+        "data.num_classes=3",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+    ],
 }
 MODELS = {
     "simple_cnn": ["model=simple_cnn"],
@@ -52,8 +62,9 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 def test_train_checkpoint_eval_and_tensorboard(make_config, tmp_path):
-    cfg = make_config("train", DATA["mnist"] + FAST + ["trainer.max_epochs=2", "trainer.log_every_n_steps=5",
-                                                       "model.net.width=8"])
+    cfg = make_config(
+        "train", DATA["mnist"] + FAST + ["trainer.max_epochs=2", "trainer.log_every_n_steps=5", "model.net.width=8"]
+    )
     metrics = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
 
@@ -97,8 +108,12 @@ def test_train_checkpoint_eval_and_tensorboard(make_config, tmp_path):
 
 def test_resume_from_last_checkpoint_continues_at_the_next_epoch(make_config, tmp_path):
     # an interrupted 2-epoch run: early stopping with a threshold any real run passes stops it after epoch 0
-    stop = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/acc",
-            "+callbacks.stop.mode=max", "+callbacks.stop.stopping_threshold=0.0"]
+    stop = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=val/acc",
+        "+callbacks.stop.mode=max",
+        "+callbacks.stop.stopping_threshold=0.0",
+    ]
     common = DATA["mnist"] + FAST + ["trainer.max_epochs=2", "test=false"]
     first = make_config("train", common + stop)
     train(first)
@@ -140,17 +155,36 @@ def test_unknown_torchvision_model_is_one_sentence(make_config):
 
 
 def test_bf16_mixed_precision_on_cpu(make_config):
-    cfg = make_config("train", DATA["cifar10"] + FAST + ["model=resnet", "trainer.precision=bf16-mixed",
-                                                         "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                                                         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
+    cfg = make_config(
+        "train",
+        DATA["cifar10"]
+        + FAST
+        + [
+            "model=resnet",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+        ],
+    )
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
 def test_compile_on_cpu_keeps_checkpoint_keys(make_config):
-    cfg = make_config("train", DATA["mnist"] + FAST + ["model.compile=true", "trainer.max_epochs=1",
-                                                       "trainer.limit_train_batches=8", "trainer.limit_val_batches=1",
-                                                       "test=false"])
+    cfg = make_config(
+        "train",
+        DATA["mnist"]
+        + FAST
+        + [
+            "model.compile=true",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=8",
+            "trainer.limit_val_batches=1",
+            "test=false",
+        ],
+    )
     train(cfg)
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(not k.startswith("net._orig_mod") for k in checkpoint["state_dict"])

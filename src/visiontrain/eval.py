@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain import runtime
-from visiontrain.runtime import CONFIG_DIR
 from visiontrain.callbacks import CONFIG_KEY
 from visiontrain.errors import UserError
+from visiontrain.runtime import CONFIG_DIR
 
 log = logging.getLogger("visiontrain")
 

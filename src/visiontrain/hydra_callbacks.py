@@ -23,8 +23,15 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = OmegaConf.load(overrides_file)
         metrics_file = job_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        rows.append({"job": job_dir.name, "overrides": " ".join(overrides), "status": "done" if metrics else "failed",
-                     "dir": str(job_dir), **{k: v for k, v in metrics.items() if k != "best_model_path"}})
+        rows.append(
+            {
+                "job": job_dir.name,
+                "overrides": " ".join(overrides),
+                "status": "done" if metrics else "failed",
+                "dir": str(job_dir),
+                **{k: v for k, v in metrics.items() if k != "best_model_path"},
+            }
+        )
     return rows
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning import Callback, Trainer
+from lightning import Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -115,8 +115,11 @@ def print_config(cfg: DictConfig) -> None:
         if section in cfg:
             body = OmegaConf.to_yaml(cfg[section], resolve=True)
             tree.add(section).add(rich.syntax.Syntax(body, "yaml", theme="ansi_dark"))
-    rest = {k: v for k, v in cfg.items() if k not in ("data", "model", "trainer", "callbacks", "logger", "paths",
-                                                        "extras", "hydra")}
+    rest = {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("data", "model", "trainer", "callbacks", "logger", "paths", "extras", "hydra")
+    }
     tree.add("run").add(rich.syntax.Syntax(OmegaConf.to_yaml(OmegaConf.create(rest)), "yaml", theme="ansi_dark"))
     rich.print(tree)
 

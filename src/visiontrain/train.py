@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain import runtime
-from visiontrain.runtime import CONFIG_DIR
 from visiontrain.callbacks import ConfigInCheckpoint
+from visiontrain.runtime import CONFIG_DIR
 
 log = logging.getLogger("visiontrain")
 
@@ -45,7 +45,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train") else ""
         if cfg.get("train") and not best:
             log.warning("no best checkpoint was saved: testing the weights as they are after training")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path")))
+        trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path"))
+        )
         metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
 
     runtime.record_results(cfg, trainer, metrics, trainer.loggers)

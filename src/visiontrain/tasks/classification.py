@@ -165,17 +165,22 @@ class ClassificationModule(LightningModule):
         self.log_dict(self.test_metrics)
         per_class = self.test_class_acc.compute()
         # already synchronised by torchmetrics; sync_dist only keeps Lightning from warning under DDP
-        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)},
-                      sync_dist=True)
+        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)}, sync_dist=True)
         confusion = self.test_confusion.compute()
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            experiment.add_figure("test/confusion_matrix", confusion_matrix_figure(confusion.cpu(), self.class_names),
-                                  global_step=self.global_step)
+            experiment.add_figure(
+                "test/confusion_matrix",
+                confusion_matrix_figure(confusion.cpu(), self.class_names),
+                global_step=self.global_step,
+            )
             if self._test_samples:
                 images, preds, labels = (torch.cat(t) for t in zip(*self._test_samples))
-                experiment.add_figure("test/predictions", prediction_grid_figure(images, preds, labels, self.class_names),
-                                      global_step=self.global_step)
+                experiment.add_figure(
+                    "test/predictions",
+                    prediction_grid_figure(images, preds, labels, self.class_names),
+                    global_step=self.global_step,
+                )
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()
@@ -191,7 +196,9 @@ class ClassificationModule(LightningModule):
         optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- checkpoint -----------------------------------------------------------------------------

@@ -23,8 +23,15 @@ def confusion_matrix_figure(confusion: torch.Tensor, class_names: list[str]) -> 
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center",
-                        color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    int(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if rates[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
     fig.tight_layout()
     return fig
 
