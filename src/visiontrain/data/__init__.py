@@ -1,0 +1,1 @@
+"""Datamodules, one per data source. They never import tasks."""

@@ -1,0 +1,141 @@
+"""Bring-your-own classification data: ``root/{train,val,test}/<class>/<image>``.
+
+``val/`` is optional (then a seeded fraction of ``train/`` is held out); ``test/`` is optional
+(then the run has no test stage). Images are decoded per sample by DataLoader workers and
+augmented with ``torchvision.transforms.v2``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+from visiontrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """PIL loader that names the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
+
+
+class ImageFolderDataModule(LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        num_classes: int,
+        image_size: int = 224,
+        num_channels: int = 3,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 12345,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        hflip: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_channels != 3:
+            raise UserError(f"data.num_channels={num_channels}: image folders are read as RGB, set it to 3.")
+        self.root = Path(root)
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.num_channels = 3
+        self.name = f"the image folder {root}"
+        normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        flip = [v2.RandomHorizontalFlip()] if hflip else []
+        self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), *flip, *normalize])
+        self.eval_transform = v2.Compose(
+            [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), *normalize]
+        )
+        self.class_names: tuple[str, ...] = ()
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def has_test_split(self) -> bool:
+        return (self.root / "test").is_dir()
+
+    def _folder(self, split: str, transform) -> ImageFolder:
+        path = self.root / split
+        if not path.is_dir():
+            raise UserError(f"image folder {path} does not exist (expected {self.root}/{split}/<class>/<image>).")
+        try:
+            dataset = ImageFolder(str(path), transform=transform, loader=load_rgb)
+        except FileNotFoundError as err:
+            raise UserError(f"{path}: {err}") from err
+        if self.class_names and tuple(dataset.classes) != self.class_names:
+            raise UserError(
+                f"{path} has classes {dataset.classes}, but {self.root}/train has {list(self.class_names)}."
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train = self._folder("train", self.train_transform)
+        self.class_names = tuple(train.classes)
+        if len(self.class_names) != self.num_classes:
+            raise UserError(
+                f"data.num_classes={self.num_classes} but {self.root}/train has {len(self.class_names)} class "
+                f"folders ({', '.join(self.class_names)}); set data.num_classes={len(self.class_names)}."
+            )
+        if (self.root / "val").is_dir():
+            self.train_set, self.val_set = train, self._folder("val", self.eval_transform)
+        else:
+            n_val = max(1, round(self.val_fraction * len(train)))
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+            eval_view = ImageFolder(str(self.root / "train"), transform=self.eval_transform, loader=load_rgb)
+            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(eval_view, order[:n_val])
+            log.info("no %s/val: holding out %d of %d training images (seed %d)",
+                     self.root, n_val, len(train), self.split_seed)
+        if self.has_test_split:
+            self.test_set = self._folder("test", self.eval_transform)
+
+    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise UserError(f"{self.root}/test does not exist, so there is nothing to test on; set test=false.")
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
