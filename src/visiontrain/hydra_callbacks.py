@@ -86,7 +86,7 @@ class SweepSummary(Callback):
         self.mode = mode
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        metric = self.metric or config.get("optimized_metric") or "val/acc"
-        mode = self.mode or ("min" if "loss" in metric or "error" in metric else "max")
+        metric = self.metric or config.get("optimized_metric") or config.get("monitor")
+        mode = self.mode or config.get("monitor_mode") or "max"
         path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
         log.info("sweep summary written to %s", path)
