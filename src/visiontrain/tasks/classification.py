@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
-from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from visiontrain.errors import UserError
+from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
 from visiontrain.tasks.figures import confusion_matrix_figure, prediction_grid_figure
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollection:
@@ -30,7 +24,7 @@ def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollecti
     return MetricCollection(metrics)
 
 
-class ClassificationModule(LightningModule):
+class ClassificationModule(VisionTask):
     """Cross-entropy training of ``net``; accuracy (top-1/top-5), per-class accuracy and confusion matrix at test.
 
     Only plain values are saved as hyperparameters (the network and the optimizer partials are
@@ -48,13 +42,9 @@ class ClassificationModule(LightningModule):
         compile: bool = False,
         test_images_logged: int = 32,
     ) -> None:
-        super().__init__()
+        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
         # a NaN training loss should show as NaN, not be checked for on every step
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -70,38 +60,13 @@ class ClassificationModule(LightningModule):
     # --- set-up ---------------------------------------------------------------------------------
     def check_data_compatibility(self, input_shape: tuple[int, ...], num_classes: int, data_name: str) -> None:
         """Fail before training, in one sentence, when the network cannot take the data."""
-        net_name = type(self.net).__name__
-        if num_classes != self.hparams.num_classes:
-            raise UserError(
-                f"the model is configured for {self.hparams.num_classes} classes but {data_name} has "
-                f"{num_classes}; leave model.num_classes at ${{data.num_classes}}."
-            )
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                out = self.net(torch.zeros(1, *input_shape, device=self.device))
-        except RuntimeError as err:
-            raise UserError(
-                f"{net_name} cannot take {data_name}'s {'x'.join(map(str, input_shape))} (channels x H x W) "
-                f"images: {str(err).splitlines()[0]}"
-            ) from err
-        finally:
-            self.net.train(was_training)
+        self.check_num_classes(num_classes, data_name)
+        out = self.dry_run(input_shape, data_name)
         if out.ndim != 2 or out.shape[1] != num_classes:
             raise UserError(
-                f"{net_name} outputs {tuple(out.shape[1:])} scores per image but {data_name} has {num_classes} "
-                "classes; set the network's num_classes to ${data.num_classes}."
+                f"{type(self.net).__name__} outputs {tuple(out.shape[1:])} scores per image but {data_name} has "
+                f"{num_classes} classes; set the network's num_classes to ${{data.num_classes}}."
             )
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(datamodule, "class_names", None)
-        if names and len(names) == self.hparams.num_classes:
-            self.class_names = list(names)
-        if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
-            # compiles forward in place: parameter names (and so checkpoints) are unchanged
-            self.net.compile()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -123,14 +88,8 @@ class ClassificationModule(LightningModule):
         self.log_dict(self.train_metrics)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self.val_acc_best.reset()  # forget the sanity-check batches
-        scheduler = self.lr_schedulers()
-        planned, needed = getattr(scheduler, "total_steps", None), int(self.trainer.estimated_stepping_batches)
-        if planned is not None and planned != needed:  # a resumed OneCycle keeps the length it was built with
-            raise UserError(
-                f"the checkpoint's learning-rate schedule of {planned} steps cannot continue into a run that now "
-                f"needs {needed}; resume with the original trainer.max_epochs, or start a new run from these weights."
-            )
 
     def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch
@@ -184,26 +143,3 @@ class ClassificationModule(LightningModule):
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()
-
-    # --- optimisation ---------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.decay_norm_and_bias:
-            params = self.parameters()
-        else:  # the usual recipe: no weight decay on norm scales and biases
-            decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
-            no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
-            params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # --- checkpoint -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = list(self.class_names)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.class_names = list(checkpoint.get("class_names", self.class_names))

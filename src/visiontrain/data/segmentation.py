@@ -1,0 +1,267 @@
+"""Base for semantic-segmentation data: paired image / index-mask files, joint augmentation.
+
+A subclass lists ``(image, mask)`` file pairs per split and says how a mask file's values map to
+class indices; everything else — decoding, checks with the file named, ``transforms.v2`` with
+``tv_tensors.Mask`` (nearest-neighbour resizing, ignore-index padding, photometric changes on the
+image only), loaders — lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from visiontrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+Pair = tuple[Path, Path]
+
+
+def read_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
+
+
+def read_index_mask(path: Path) -> np.ndarray:
+    """The stored values of a mask PNG (palette indices for palette PNGs), as an (H, W) array."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("P", "L", "I", "I;16", "1"):
+                raise UserError(f"mask {path} is a {mask.mode} image; masks must be single-channel index PNGs.")
+            return np.array(mask)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot decode mask {path} ({type(err).__name__}: {err}).") from err
+
+
+def find_image(folder: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def seeded_split(items: Sequence, fractions: Sequence[float], seed: int) -> list[list]:
+    """Split ``items`` (in a fixed order) into parts of the given fractions; the last part takes the rest."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    parts, start = [], 0
+    for fraction in fractions:
+        count = round(fraction * len(items))
+        parts.append([items[i] for i in order[start : start + count]])
+        start += count
+    parts.append([items[i] for i in order[start:]])
+    return parts
+
+
+class MaskMapping:
+    """Stored mask values -> class indices: ``mapping`` for listed values, ``others`` for the rest
+    (``None`` keeps a value as it is). A plain object, so DataLoader workers can pickle it."""
+
+    def __init__(self, mapping: dict[int, int] | None = None, others: int | None = None) -> None:
+        self.mapping = dict(mapping or {})
+        self.others = others
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        classes = values.astype(np.int64)
+        if self.others is not None:
+            classes = np.full_like(classes, self.others)
+        for stored, cls in self.mapping.items():
+            classes[values == stored] = cls
+        return classes
+
+
+class SegmentationFiles(Dataset):
+    """Decodes one pair, checks it, maps mask values to classes and applies the joint transform."""
+
+    def __init__(
+        self, pairs: list[Pair], to_classes: MaskMapping, num_classes: int, ignore_index: int, transform
+    ) -> None:
+        self.pairs = pairs
+        self.to_classes = to_classes
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.pairs[index]
+        image = read_rgb(image_path)
+        values = read_index_mask(mask_path)
+        if values.shape != (image.height, image.width):
+            raise UserError(
+                f"mask {mask_path} is {values.shape[1]}x{values.shape[0]} but image {image_path} is "
+                f"{image.width}x{image.height}."
+            )
+        classes = self.to_classes(values).astype(np.int64)
+        bad = np.unique(classes[(classes >= self.num_classes) & (classes != self.ignore_index)])
+        if bad.size:
+            raise UserError(
+                f"mask {mask_path} holds values {bad[:10].tolist()} outside the {self.num_classes} declared classes "
+                f"(0-{self.num_classes - 1}) and the ignore index {self.ignore_index}."
+            )
+        image, mask = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(classes))
+        return image, mask
+
+
+class SegmentationDataModule(LightningDataModule):
+    """Train/val/test pairs of images and index masks, resized to ``image_size`` squares."""
+
+    name: str = ""
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str],
+        image_size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        ignore_index: int = 255,
+        split_seed: int = 12345,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        download: bool = True,
+        num_channels: int = 3,
+        scale: tuple[float, float] = (0.25, 1.0),
+        hflip: bool = True,
+        color_jitter: float = 0.2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise UserError(
+                f"data.num_classes={num_classes} but data.class_names lists {len(class_names)} classes "
+                f"({', '.join(class_names)})."
+            )
+        if num_channels != 3:
+            raise UserError(f"data.num_channels={num_channels}: segmentation images are read as RGB, set it to 3.")
+        if 0 <= ignore_index < num_classes:
+            raise UserError(f"data.ignore_index={ignore_index} is one of the {num_classes} class indices.")
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names)
+        self.num_channels = 3
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.ignore_index = ignore_index
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.download = download
+        to_float = [
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(mean, std),
+        ]
+        # fill: images pad with 0, masks with the ignore index, so padding never counts as a class
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+        photometric = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
+        self.train_transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
+                *([v2.RandomHorizontalFlip()] if hflip else []),
+                *photometric,  # transforms.v2 applies these to the image only
+                *to_float,
+            ]
+        )
+        # evaluation keeps the aspect ratio: longer side to image_size, then pad to a square
+        self.eval_transform = v2.Compose(
+            [
+                v2.Resize(size=None, max_size=image_size, antialias=True),
+                v2.RandomCrop(image_size, pad_if_needed=True, fill=fill),  # exactly the padded image: no randomness
+                *to_float,
+            ]
+        )
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    # --- what a subclass provides -------------------------------------------------------------
+    def ensure_files(self, download: bool) -> None:
+        raise NotImplementedError
+
+    def split_pairs(self) -> dict[str, list[Pair]]:
+        """``{"train": [...], "val": [...], "test": [...]}`` of (image, mask) paths."""
+        raise NotImplementedError
+
+    # stored mask values -> class indices; subclasses replace it where the files store something else
+    mask_mapping = MaskMapping()
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.ensure_files(download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.ensure_files(download=False)
+        splits = self.split_pairs()
+        for split, pairs in splits.items():
+            if not pairs:
+                raise UserError(f"{self.name}: the {split} split is empty.")
+
+        def dataset(split: str, transform) -> SegmentationFiles:
+            return SegmentationFiles(splits[split], self.mask_mapping, self.num_classes, self.ignore_index, transform)
+
+        self.train_set = dataset("train", self.train_transform)
+        self.val_set = dataset("val", self.eval_transform)
+        self.test_set = dataset("test", self.eval_transform)
+        log.info(
+            "%s: %d train / %d val / %d test images", self.name, *(len(splits[s]) for s in ("train", "val", "test"))
+        )
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
+
+
+def pair_by_stem(image_dir: Path, mask_dir: Path, stems: Sequence[str], mask_suffix: str = ".png") -> list[Pair]:
+    """(image, mask) for each stem; an image without its mask (or the reverse) is named in the error."""
+    pairs = []
+    for stem in stems:
+        image = find_image(image_dir, stem)
+        if image is None:
+            raise UserError(f"no image for {stem!r} in {image_dir} (expected {stem}.jpg or .png).")
+        mask = mask_dir / f"{stem}{mask_suffix}"
+        if not mask.is_file():
+            raise UserError(f"image {image} has no mask: {mask} does not exist.")
+        pairs.append((image, mask))
+    return pairs
