@@ -106,3 +106,97 @@ def write_imagefolder(root: Path, num_classes: int = 3, per_class: int = 12, siz
         images, labels = class_images(n, size, 3, num_classes=num_classes, seed=10 + seed)
         write_image_tree(root / split, images, labels, names, suffix=".jpg")
     return root
+
+
+# --- segmentation layouts ------------------------------------------------------------------------
+SHAPE_COLORS = ((220, 40, 40), (40, 200, 60), (50, 80, 230))
+
+
+def shapes_scene(height: int, width: int, num_classes: int, seed: int):
+    """Noise with a rectangle and an ellipse of class colours; returns (RGB uint8, class mask uint8)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 70, size=(height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for k in range(2):
+        cls = int(rng.integers(1, num_classes))
+        h, w = int(rng.integers(height // 4, height // 2)), int(rng.integers(width // 4, width // 2))
+        top, left = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
+        if k == 0:
+            region = (yy >= top) & (yy < top + h) & (xx >= left) & (xx < left + w)
+        else:
+            cy, cx = top + h / 2, left + w / 2
+            region = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1
+        image[region] = SHAPE_COLORS[(cls - 1) % len(SHAPE_COLORS)]
+        mask[region] = cls
+    return image, mask
+
+
+def save_palette_png(path: Path, mask: np.ndarray) -> None:
+    """An index PNG with a palette, like VOC's SegmentationClass files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask, mode="P")
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0, 0, 0] * 252
+    image.putpalette(palette)
+    image.save(path)
+
+
+def write_pennfudan(root: Path, n: int = 20, size=(60, 80)) -> Path:
+    """``root/PNGImages/FudanPed000NN.png`` + ``root/PedMasks/..._mask.png`` (instance ids 1..k)."""
+    for i in range(n):
+        image, mask = shapes_scene(*size, num_classes=3, seed=100 + i)
+        instances = np.zeros_like(mask)
+        instances[mask == 1] = 1
+        instances[mask == 2] = 2  # two pedestrians: both are "person" for semantic segmentation
+        (root / "PNGImages").mkdir(parents=True, exist_ok=True)
+        (root / "PedMasks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "PNGImages" / f"FudanPed{i:05d}.png")
+        Image.fromarray(instances, mode="L").save(root / "PedMasks" / f"FudanPed{i:05d}_mask.png")
+    return root
+
+
+def write_oxford_pet(root: Path, n_trainval: int = 16, n_test: int = 6, size=(56, 72)) -> Path:
+    """``root/images/*.jpg``, ``root/annotations/trimaps/*.png`` (1 pet, 2 background, 3 border), split files."""
+    lines = {"trainval.txt": [], "test.txt": []}
+    for i in range(n_trainval + n_test):
+        name = f"Abyssinian_{i + 1}"
+        image, mask = shapes_scene(*size, num_classes=2, seed=200 + i)
+        trimap = np.where(mask > 0, 1, 2).astype(np.uint8)
+        edge = (mask > 0) & ~np.pad(mask > 0, 1)[2:, 1:-1]  # bottom edge of the pet: "not classified"
+        trimap[edge] = 3
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / f"{name}.jpg", quality=95)
+        save_palette_png(root / "annotations" / "trimaps" / f"{name}.png", trimap)
+        lines["trainval.txt" if i < n_trainval else "test.txt"].append(f"{name} 1 1 1")
+    for file, entries in lines.items():
+        (root / "annotations" / file).write_text("\n".join(entries) + "\n")
+    return root
+
+
+def write_voc(root: Path, n_train: int = 12, n_val: int = 6, size=(50, 70)) -> Path:
+    """``root/{JPEGImages,SegmentationClass,ImageSets/Segmentation}`` with 255 (void) borders."""
+    names = {"train.txt": [], "val.txt": []}
+    for i in range(n_train + n_val):
+        name = f"2007_{i:06d}"
+        image, mask = shapes_scene(*size, num_classes=21, seed=300 + i)
+        mask[0, :] = 255
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+        save_palette_png(root / "SegmentationClass" / f"{name}.png", mask)
+        names["train.txt" if i < n_train else "val.txt"].append(name)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True, exist_ok=True)
+    for file, entries in names.items():
+        (sets / file).write_text("\n".join(entries) + "\n")
+    return root
+
+
+def write_mask_folder(root: Path, n: int = 20, size=(48, 64), num_classes: int = 3, split_folders: bool = False):
+    """``root/images/*.png`` + ``root/masks/*.png`` (or the same under train/val/test/)."""
+    for i in range(n):
+        image, mask = shapes_scene(*size, num_classes=num_classes, seed=400 + i)
+        base = root / ("train" if i < n * 0.6 else "val" if i < n * 0.8 else "test") if split_folders else root
+        (base / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(base / "images" / f"scene_{i:03d}.png")
+        save_palette_png(base / "masks" / f"scene_{i:03d}.png", mask)
+    return root

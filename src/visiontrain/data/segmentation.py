@@ -72,6 +72,23 @@ def seeded_split(items: Sequence, fractions: Sequence[float], seed: int) -> list
     return parts
 
 
+class PadToSquare:
+    """Pad right and bottom to ``size`` x ``size``: the image with 0, the mask with the ignore index.
+
+    Ours because ``v2.RandomCrop(pad_if_needed=True)`` places the image at a random offset, and
+    evaluation must see the same pixels every time.
+    """
+
+    def __init__(self, size: int, ignore_index: int) -> None:
+        self.size = size
+        self.ignore_index = ignore_index
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        height, width = image.shape[-2:]
+        padding = [0, 0, self.size - width, self.size - height]
+        return v2.functional.pad(image, padding, fill=0), v2.functional.pad(mask, padding, fill=self.ignore_index)
+
+
 class MaskMapping:
     """Stored mask values -> class indices: ``mapping`` for listed values, ``others`` for the rest
     (``None`` keeps a value as it is). A plain object, so DataLoader workers can pickle it."""
@@ -173,8 +190,6 @@ class SegmentationDataModule(LightningDataModule):
             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
             v2.Normalize(mean, std),
         ]
-        # fill: images pad with 0, masks with the ignore index, so padding never counts as a class
-        fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
         photometric = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
         self.train_transform = v2.Compose(
             [
@@ -184,13 +199,9 @@ class SegmentationDataModule(LightningDataModule):
                 *to_float,
             ]
         )
-        # evaluation keeps the aspect ratio: longer side to image_size, then pad to a square
+        # evaluation keeps the aspect ratio: longer side to image_size, then padding (never counted as a class)
         self.eval_transform = v2.Compose(
-            [
-                v2.Resize(size=None, max_size=image_size, antialias=True),
-                v2.RandomCrop(image_size, pad_if_needed=True, fill=fill),  # exactly the padded image: no randomness
-                *to_float,
-            ]
+            [v2.Resize(size=None, max_size=image_size, antialias=True), PadToSquare(image_size, ignore_index), *to_float]
         )
         self.train_set = self.val_set = self.test_set = None
 

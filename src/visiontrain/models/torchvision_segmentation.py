@@ -30,7 +30,8 @@ def build_torchvision_segmentation(
     if arch == "lraspp" and aux_loss:
         raise UserError("model.net.aux_loss=true: LR-ASPP has no auxiliary head.")
     name = f"{arch}_{backbone}"
-    kwargs = {} if arch == "lraspp" else {"aux_loss": aux_loss}
+    # torchvision's builders default to ImageNet backbone weights: say None explicitly for "from scratch"
+    kwargs = {"weights_backbone": None} if arch == "lraspp" else {"weights_backbone": None, "aux_loss": aux_loss}
     if weights_backbone:
         try:
             kwargs["weights_backbone"] = models.get_model_weights(backbone)[weights_backbone]
