@@ -47,9 +47,7 @@ SMOKE = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit
          "callbacks.model_summary=null"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("data", "present"), [("pennfudan_seg", HAS_PENNFUDAN), ("oxford_pet", HAS_PET)], ids=["pennfudan_seg", "oxford_pet"]
-)
+@pytest.mark.parametrize(("data", "present"), [("pennfudan_seg", HAS_PENNFUDAN), ("oxford_pet", HAS_PET)])
 def test_segmentation_smoke_run_on_real_data(tmp_path, data, present):
     if not present:
         pytest.skip(f"DATA_DIR does not hold the {data} files")

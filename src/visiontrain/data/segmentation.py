@@ -200,9 +200,8 @@ class SegmentationDataModule(LightningDataModule):
             ]
         )
         # evaluation keeps the aspect ratio: longer side to image_size, then padding (never counted as a class)
-        self.eval_transform = v2.Compose(
-            [v2.Resize(size=None, max_size=image_size, antialias=True), PadToSquare(image_size, ignore_index), *to_float]
-        )
+        resize = v2.Resize(size=None, max_size=image_size, antialias=True)
+        self.eval_transform = v2.Compose([resize, PadToSquare(image_size, ignore_index), *to_float])
         self.train_set = self.val_set = self.test_set = None
 
     @property
