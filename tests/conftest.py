@@ -34,7 +34,9 @@ def make_config(tmp_path, datasets):
     """``make_config("train", ["model=resnet", ...])`` -> a composed config writing into tmp_path/run."""
 
     def make(config_name: str = "train", overrides: list[str] | None = None, quiet: bool = True) -> DictConfig:
-        base = [f"paths.data_dir={datasets}", "logger=tensorboard", "trainer.accelerator=cpu"]
+        base = [f"paths.data_dir={datasets}"]
+        if config_name in ("train", "eval"):
+            base += ["logger=tensorboard", "trainer.accelerator=cpu"]
         quiet_overrides = (QUIET if config_name == "train" else QUIET[:1]) if quiet else []
         return compose_config(config_name, base + quiet_overrides + list(overrides or []), tmp_path / "run")
 

@@ -10,14 +10,22 @@ CONFIG_KEY = "visiontrain_config"
 
 
 class ConfigInCheckpoint(Callback):
-    """Store the run's model and data configs (plain, unresolved dicts) in every checkpoint.
+    """Store what it takes to use the model again in every checkpoint, as plain dicts (so the file
+    still loads with ``weights_only=True``):
 
-    ``eval.py ckpt_path=...`` then rebuilds the same network without being told the model config,
-    and the checkpoint still loads with ``weights_only=True`` (only str/int/float/list/dict inside).
+    - ``model`` / ``data``: the run's configs, unresolved: ``eval.py`` rebuilds the network with them;
+    - ``model_resolved``: the model config with every number filled in, for ``predict.py``;
+    - ``preprocessing``: the datamodule's test-time input pipeline (``visiontrain.preprocessing``);
+    - ``task``: which task module trained it.
     """
 
     def __init__(self, sections: dict[str, Any]) -> None:
         self.sections = sections
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_KEY] = self.sections
+        datamodule = getattr(trainer, "datamodule", None)
+        checkpoint[CONFIG_KEY] = {
+            **self.sections,
+            "preprocessing": getattr(datamodule, "preprocessing", None),
+            "task": getattr(pl_module, "task", None),
+        }

@@ -29,6 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = runtime.instantiate_group(cfg.get("callbacks"))
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
+    sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     callbacks.append(ConfigInCheckpoint(sections))
     loggers = runtime.instantiate_group(cfg.get("logger"))
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to

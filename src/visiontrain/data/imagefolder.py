@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from visiontrain import preprocessing
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,12 @@ class ImageFolderDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.num_channels = 3
         self.name = f"the image folder {root}"
+        self.preprocessing = preprocessing.center_crop(image_size, round(image_size / 0.875), mean, std)
         normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
         flip = [v2.RandomHorizontalFlip()] if hflip else []
         self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), *flip, *normalize])
         self.eval_transform = v2.Compose(
-            [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size), *normalize]
+            [v2.Resize(self.preprocessing["resize"], antialias=True), v2.CenterCrop(image_size), *normalize]
         )
         self.class_names: tuple[str, ...] = ()
         self.train_set = self.val_set = self.test_set = None

@@ -15,6 +15,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from visiontrain import preprocessing
 from visiontrain.data.batch_transforms import BatchAugment
 from visiontrain.errors import UserError
 
@@ -102,6 +103,11 @@ class InMemoryClassificationDataModule(LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.num_channels, self.image_size, self.image_size)
+
+    @property
+    def preprocessing(self) -> preprocessing.Spec:
+        """What the network sees at test time, for predict.py and exported models."""
+        return preprocessing.exact(self.num_channels, self.image_size, self.mean, self.std)
 
     # --- what a subclass provides -------------------------------------------------------------
     def ensure_files(self, download: bool) -> None:

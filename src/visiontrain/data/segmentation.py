@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from visiontrain import preprocessing
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class SegmentationDataModule(LightningDataModule):
             ]
         )
         # evaluation keeps the aspect ratio: longer side to image_size, then padding (never counted as a class)
+        self.preprocessing = preprocessing.pad(image_size, mean, std)
         resize = v2.Resize(size=None, max_size=image_size, antialias=True)
         self.eval_transform = v2.Compose([resize, PadToSquare(image_size, ignore_index), *to_float])
         self.train_set = self.val_set = self.test_set = None

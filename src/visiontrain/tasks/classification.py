@@ -31,6 +31,8 @@ class ClassificationModule(VisionTask):
     excluded), so checkpoints load with ``torch.load(weights_only=True)``.
     """
 
+    task = "classification"
+
     def __init__(
         self,
         net: nn.Module,

@@ -48,6 +48,8 @@ class SegmentationModule(VisionTask):
     ``aux_weight`` x the same loss. Only plain values are saved as hyperparameters.
     """
 
+    task = "segmentation"
+
     def __init__(
         self,
         net: nn.Module,

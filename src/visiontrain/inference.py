@@ -1,0 +1,127 @@
+"""A trained model, ready to run on images: from a visiontrain checkpoint, an ONNX file or a
+TorchScript file, with the class names, task and input preprocessing that travel with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+from visiontrain.callbacks import CONFIG_KEY
+from visiontrain.errors import UserError
+
+METADATA_KEY = "visiontrain"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
+
+
+class Logits(torch.nn.Module):
+    """The task's network alone, returning one logits tensor: what gets exported (no metrics, no
+    Trainer attached). torchvision segmentation models return ``{"out": ..., "aux": ...}``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.net(images)
+        return output["out"] if isinstance(output, dict) else output
+
+
+@dataclass
+class LoadedModel:
+    task: str
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    run: Callable[[torch.Tensor], torch.Tensor]  # normalised batch (N, C, H, W) -> logits
+    source: str
+    module: torch.nn.Module | None = None  # the network (``Logits``), when loaded from a checkpoint
+
+    def metadata(self) -> dict[str, Any]:
+        return {"task": self.task, "class_names": self.class_names, "preprocessing": self.preprocessing}
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err}).") from err
+    stored = checkpoint.get(CONFIG_KEY) or {}
+    if not stored.get("model_resolved") or not stored.get("preprocessing") or not stored.get("task"):
+        raise UserError(f"{path} lacks the model config and preprocessing that visiontrain stores; retrain with it.")
+    task_module = instantiate(stored["model_resolved"])
+    task_module.load_state_dict(checkpoint["state_dict"])
+    module = Logits(task_module.net).eval().to(device)
+
+    @torch.no_grad()
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return module(images.to(device, non_blocking=True)).float().cpu()
+
+    names = checkpoint.get("class_names") or [str(i) for i in range(stored["model_resolved"]["num_classes"])]
+    return LoadedModel(stored["task"], list(names), stored["preprocessing"], run, str(path), module)
+
+
+def load_onnx(path: str | Path) -> LoadedModel:
+    import onnxruntime
+
+    path = Path(path)
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise UserError(f"onnxruntime cannot load {path} ({type(err).__name__}: {str(err)[:200]}).") from err
+    meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if meta is None:
+        raise UserError(f"{path} carries no visiontrain metadata; export it with export.py.")
+    info = json.loads(meta)
+    model_input = session.get_inputs()[0]
+    fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        array = images.numpy().astype(np.float32)
+        if fixed_batch is None:
+            return torch.from_numpy(session.run(None, {model_input.name: array})[0])
+        # exported without a dynamic batch axis: feed chunks of its batch size, the last one padded
+        outputs = []
+        for start in range(0, len(array), fixed_batch):
+            chunk = array[start : start + fixed_batch]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - len(chunk), axis=0)])
+            outputs.append(session.run(None, {model_input.name: padded})[0][: len(chunk)])
+        return torch.from_numpy(np.concatenate(outputs))
+
+    return LoadedModel(info["task"], info["class_names"], info["preprocessing"], run, str(path))
+
+
+def load_torchscript(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    extra = {f"{METADATA_KEY}.json": ""}
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as err:
+        raise UserError(f"{path} is not a TorchScript file ({type(err).__name__}).") from err
+    if not extra[f"{METADATA_KEY}.json"]:
+        raise UserError(f"{path} carries no visiontrain metadata; export it with export.py.")
+    info = json.loads(extra[f"{METADATA_KEY}.json"])
+
+    @torch.no_grad()
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return scripted(images)
+
+    return LoadedModel(info["task"], info["class_names"], info["preprocessing"], run, str(path))
+
+
+def load_model(ckpt_path: str | None = None, model_path: str | None = None, device: str = "cpu") -> LoadedModel:
+    """From a checkpoint (``ckpt_path``) or an exported file (``model_path``: .onnx, or TorchScript .pt)."""
+    if bool(ckpt_path) == bool(model_path):
+        raise UserError("give exactly one of ckpt_path=<.ckpt> or model_path=<.onnx | TorchScript .pt>.")
+    if ckpt_path:
+        return load_checkpoint(ckpt_path, device)
+    if not Path(model_path).is_file():
+        raise UserError(f"model file {model_path} does not exist.")
+    return load_onnx(model_path) if str(model_path).endswith(".onnx") else load_torchscript(model_path)

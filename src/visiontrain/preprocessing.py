@@ -1,0 +1,62 @@
+"""The evaluation-time input pipeline as plain data, so it travels inside checkpoints and exported
+models: ``predict.py`` rebuilds exactly what the datamodule fed the network at test time.
+
+A spec is a dict: ``channels`` (1 or 3), ``mode`` and ``size`` (plus ``resize`` for centre crops),
+``mean``/``std`` (of pixel values in [0, 1]) and, for padded inputs, ``pad_fill`` (image padding).
+Modes: ``exact`` (resize to size x size), ``center_crop`` (shorter side to ``resize``, centre crop
+``size``), ``pad`` (longer side to ``size``, pad right/bottom to a square).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+Spec = dict[str, Any]
+
+
+def exact(channels: int, size: int, mean, std) -> Spec:
+    return {"channels": channels, "mode": "exact", "size": size, "mean": list(mean), "std": list(std)}
+
+
+def center_crop(size: int, resize: int, mean, std) -> Spec:
+    return {"channels": 3, "mode": "center_crop", "size": size, "resize": resize, "mean": list(mean), "std": list(std)}
+
+
+def pad(size: int, mean, std) -> Spec:
+    return {"channels": 3, "mode": "pad", "size": size, "mean": list(mean), "std": list(std)}
+
+
+def resized_shape(spec: Spec, height: int, width: int) -> tuple[int, int]:
+    """For ``pad``: the (height, width) the image occupies inside the padded square."""
+    scale = spec["size"] / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def transform(spec: Spec) -> v2.Compose:
+    """uint8 image tensor ``(C, H, W)`` (any size, RGB or grey) -> normalised float tensor."""
+    size = spec["size"]
+    steps: list = [v2.Grayscale(num_output_channels=1)] if spec["channels"] == 1 else []
+    if spec["mode"] == "exact":
+        steps.append(v2.Resize((size, size), antialias=True))
+    elif spec["mode"] == "center_crop":
+        steps += [v2.Resize(spec["resize"], antialias=True), v2.CenterCrop(size)]
+    elif spec["mode"] == "pad":
+        steps += [v2.Resize(size=None, max_size=size, antialias=True), PadRightBottom(size)]
+    else:
+        raise ValueError(f"unknown preprocessing mode {spec['mode']!r}")
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    return v2.Compose(steps)
+
+
+class PadRightBottom:
+    """Zero-pad a uint8 image on the right and bottom to ``size`` x ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        return v2.functional.pad(image, [0, 0, self.size - width, self.size - height], fill=0)
