@@ -29,9 +29,10 @@ def classifier(tmp_path_factory, datasets) -> tuple[Path, Path]:
     from visiontrain.runtime import compose_config
 
     root = tmp_path_factory.mktemp("clf")
-    cfg = compose_config("train", [f"paths.data_dir={datasets}", "data.val_size=100", "extras.print_config=false",
-                                   "callbacks.progress_bar=null", "callbacks.model_summary=null",
-                                   "trainer.accelerator=cpu", "trainer.max_epochs=2", "test=false"], root / "run")  # fmt: skip
+    overrides = [f"paths.data_dir={datasets}", "data.val_size=100", "extras.print_config=false", "test=false",
+                 "callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer.accelerator=cpu",
+                 "trainer.max_epochs=2"]  # fmt: skip
+    cfg = compose_config("train", overrides, root / "run")
     train(cfg)
     dm = MNISTDataModule(str(datasets), num_classes=10, num_channels=1, image_size=28, download=False, val_size=100)
     dm.setup("test")
