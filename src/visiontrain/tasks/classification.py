@@ -62,7 +62,9 @@ class ClassificationModule(LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, training=True).clone(prefix="train/")
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
+        # in the checkpoint, so a resumed run keeps the best value of the epochs before the interruption
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -123,7 +125,6 @@ class ClassificationModule(LightningModule):
         self.log_dict(self.train_metrics)
 
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity-check batches
         scheduler = self.lr_schedulers()
         planned, needed = getattr(scheduler, "total_steps", None), int(self.trainer.estimated_stepping_batches)
         if planned is not None and planned != needed:  # a resumed OneCycle keeps the length it was built with
@@ -146,6 +147,8 @@ class ClassificationModule(LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True)
         acc = self.val_metrics["acc"].compute()
         self.log_dict(self.val_metrics, prog_bar=True)
+        if self.trainer.sanity_checking:  # a few batches before training: not an epoch's result
+            return
         self.val_acc_best.update(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
