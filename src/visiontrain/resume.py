@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain.errors import UserError
@@ -53,6 +54,8 @@ def resume_command_line(args: list[str]) -> list[str]:
     replaced = set(_override_keys(typed)) | {(key, None) for key in NOT_INHERITED}
     kept = [o for o, key in zip(original, _override_keys(original)) if key not in replaced]
 
+    if rank_zero_only.rank != 0:  # every process of a DDP run reads the command line; one keeps the records
+        return kept + args
     # Hydra rewrites .hydra/ in the run directory: keep the records of the previous attempt
     previous = run_dir / ".hydra" / "before_resume"
     attempt = previous / str(len(list(previous.glob("*"))) + 1 if previous.is_dir() else 1)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain import resume, runtime
+from visiontrain import ddp, resume, runtime
 from visiontrain.callbacks import ConfigInCheckpoint, ContinuedTensorBoardRun, RandomStateInCheckpoint
 from visiontrain.errors import UserError
 from visiontrain.runtime import CONFIG_DIR
@@ -36,9 +36,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
     loggers = runtime.instantiate_group(cfg.get("logger"))
+    ddp.reset_between_jobs()
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
     runtime.log_config_hyperparameters(cfg, trainer.loggers)
 
     metrics: dict[str, float] = {}
@@ -67,9 +69,10 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """The command: ``resume=<run dir>`` first takes back that run's command line (see visiontrain.resume)."""
+    """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.resume); a DDP
+    process of a multirun job runs that job's command line (visiontrain.ddp)."""
     try:
-        sys.argv[1:] = resume.resume_command_line(sys.argv[1:])
+        sys.argv[1:] = resume.resume_command_line(ddp.job_command_line(sys.argv[1:]))
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     run()
