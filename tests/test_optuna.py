@@ -90,3 +90,31 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path, datase
         metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
         assert trial.value == metrics["val/acc_best"]
     assert [row["status"] for row in summary_rows(sweep)] == ["done"] * 3
+
+
+def test_hparams_search_configs_compose_into_search_spaces():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from hydra_plugins.visiontrain_optuna.optuna_sweeper import search_space
+    from visiontrain.runtime import CONFIG_DIR
+
+    for option, pruner in (
+        ("mnist_optuna", optuna.pruners.MedianPruner),
+        ("cifar10_optuna", optuna.pruners.HyperbandPruner),
+    ):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[f"hparams_search={option}"], return_hydra_config=True)
+        sweeper = cfg.hydra.sweeper
+        assert sweeper._target_.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper")
+        assert sweeper.direction == "max" and cfg.optimized_metric == "val/acc_best"
+        assert isinstance(instantiate(sweeper.sampler), optuna.samplers.TPESampler)
+        assert isinstance(instantiate(sweeper.pruner), pruner)
+        assert cfg.callbacks.optuna_pruning.monitor == "val/acc"
+        space, fixed = search_space(dict(sweeper.params), ["data.batch_size=64", "seed=1,2"])
+        assert space["model.optimizer.lr"].log and isinstance(space["model.optimizer.lr"], FloatDistribution)
+        assert "data.batch_size" not in space and fixed == ["data.batch_size=64"]
+        assert space["seed"] == CategoricalDistribution([1, 2])
