@@ -123,18 +123,6 @@ def test_bad_configs_are_one_sentence(tmp_path, datasets, overrides, fragment):
     assert_one_sentence_error(result, fragment)
 
 
-def test_ddp_on_cpu_writes_one_run_directory(tmp_path, datasets):
-    args = [*QUIET, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1"]
-    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = run_dirs(tmp_path)
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert "test/acc" in metrics
-    assert len(list((run / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
-    assert {p.name for p in run.iterdir() if p.is_dir()} == {".hydra", "checkpoints", "tensorboard"}
-    assert len(list((run / "tensorboard").glob("hparams.yaml"))) == 1
-
-
 def test_eval_command_reproduces_the_run(tmp_path, datasets):
     result = run_cli(
         "train.py",

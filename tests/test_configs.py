@@ -37,6 +37,8 @@ def test_groups_offer_the_documented_options():
         "logger",
         "experiment",
         "debug",
+        "hparams_search",
+        "hydra/launcher",
     ):
         for option in options(group):
             assert f"`{option}`" in readme, f"README does not list {group}={option}"

@@ -27,6 +27,16 @@ log = logging.getLogger("visiontrain")
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
+def resume_or(resume: str | None, default: str) -> str:
+    """``${visiontrain.resume_or:${resume},<new dir>}`` (conf/hydra): the folder being resumed, else a new one."""
+    return str(resume) if resume not in (None, "") else default
+
+
+# registered on import, before Hydra resolves hydra.run.dir (also in launcher worker processes)
+if not OmegaConf.has_resolver("visiontrain.resume_or"):
+    OmegaConf.register_new_resolver("visiontrain.resume_or", resume_or)
+
+
 def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
     """Compose a config from Python (tests, benchmarks, notebooks) as the command line would.
 

@@ -7,20 +7,23 @@ on the best checkpoint -> write metrics.json.
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain import runtime
-from visiontrain.callbacks import ConfigInCheckpoint
+from visiontrain import ddp, resume, runtime
+from visiontrain.callbacks import ConfigInCheckpoint, ContinuedTensorBoardRun, RandomStateInCheckpoint
+from visiontrain.errors import UserError
 from visiontrain.runtime import CONFIG_DIR
 
 log = logging.getLogger("visiontrain")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    ckpt_path = resume.checkpoint_to_resume(cfg)
     runtime.prepare_run(cfg)
 
     datamodule = instantiate(cfg.data)
@@ -30,25 +33,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = runtime.instantiate_group(cfg.get("callbacks"))
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
-    callbacks.append(ConfigInCheckpoint(sections))
+    callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint()]
+    if cfg.get("resume") and ckpt_path:
+        callbacks.append(ContinuedTensorBoardRun())
     loggers = runtime.instantiate_group(cfg.get("logger"))
+    ddp.reset_between_jobs()
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
     runtime.log_config_hyperparameters(cfg, trainer.loggers)
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
 
     if cfg.get("test") and getattr(datamodule, "has_test_split", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train") else ""
         if cfg.get("train") and not best:
             log.warning("no best checkpoint was saved: testing the weights as they are after training")
-        trainer.test(
-            model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else cfg.get("ckpt_path"))
-        )
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else ckpt_path))
         metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
 
     runtime.record_results(cfg, trainer, metrics, trainer.loggers)
@@ -57,11 +62,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @runtime.report_user_errors
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # the value a Hydra sweeper (Optuna) optimises
     optimized = cfg.get("optimized_metric")
     return metrics.get(optimized) if optimized else None
+
+
+def main() -> None:
+    """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.resume); a DDP
+    process of a multirun job runs that job's command line (visiontrain.ddp)."""
+    try:
+        sys.argv[1:] = resume.resume_command_line(ddp.job_command_line(sys.argv[1:]))
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    run()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ class ClassificationModule(VisionTask):
         self.train_metrics = accuracy_metrics(num_classes, training=True).clone(prefix="train/")
         self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
+        # in the checkpoint, so a resumed run keeps the best value of the epochs before the interruption
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -89,10 +91,6 @@ class ClassificationModule(VisionTask):
         self.log("train/loss", self.train_loss, sync_dist=True)
         self.log_dict(self.train_metrics)
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self.val_acc_best.reset()  # forget the sanity-check batches
-
     def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
@@ -107,6 +105,8 @@ class ClassificationModule(VisionTask):
         self.log("val/loss", self.val_loss, prog_bar=True)
         acc = self.val_metrics["acc"].compute()
         self.log_dict(self.val_metrics, prog_bar=True)
+        if self.trainer.sanity_checking:  # a few batches before training: not an epoch's result
+            return
         self.val_acc_best.update(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 

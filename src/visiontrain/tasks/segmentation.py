@@ -88,6 +88,7 @@ class SegmentationModule(VisionTask):
         self.val_metrics = segmentation_metrics(num_classes, ignore_index).clone(prefix="val/")
         self.test_metrics = segmentation_metrics(num_classes, ignore_index).clone(prefix="test/")
         self.val_miou_best = MaxMetric()
+        self.val_miou_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self.test_class_iou = MulticlassJaccardIndex(num_classes, ignore_index=ignore_index, average=None)
         self._overlay_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -129,10 +130,6 @@ class SegmentationModule(VisionTask):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self.val_miou_best.reset()  # forget the sanity-check batches
-
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss, sync_dist=True)
         self.log_dict(self.train_metrics)
@@ -155,6 +152,9 @@ class SegmentationModule(VisionTask):
         self.log("val/loss", self.val_loss, prog_bar=True)
         miou = self.val_metrics["miou"].compute()
         self.log_dict(self.val_metrics, prog_bar=True)
+        if self.trainer.sanity_checking:  # a few batches before training: not an epoch's result
+            self._overlay_batch = None
+            return
         self.val_miou_best.update(miou)
         self.log("val/miou_best", self.val_miou_best.compute(), sync_dist=True)
         every = self.hparams.overlay_every_n_epochs

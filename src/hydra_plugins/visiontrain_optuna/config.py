@@ -1,0 +1,51 @@
+"""The ``hydra/sweeper=optuna`` config and its sampler and pruner options, registered when Hydra scans its plugins.
+
+No ``from __future__ import annotations``: Hydra loads plugin modules outside sys.modules, where dataclasses
+cannot resolve string annotations.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.visiontrain_optuna.optuna_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    # maximize | minimize (max | min, as monitor_mode says, are accepted)
+    direction: str = "maximize"
+    study_name: str = "sweep"
+    # null: sqlite:///<sweep dir>/optuna.db, so the study lives (and resumes) with the sweep's folders
+    storage: str | None = None
+    # the study ends with this many trials (complete, pruned or failed)
+    n_trials: int = 20
+    # trials asked and launched together; they run in parallel under a parallel launcher (joblib, submitit)
+    n_jobs: int = 1
+    # search space in Hydra's sweep syntax, e.g. model.optimizer.lr: tag(log, interval(1e-4, 1e-1))
+    params: dict[str, str] = field(default_factory=dict)
+    # filled by the defaults above (MISSING so that the chosen option is not overwritten by this node)
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+
+
+SAMPLERS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10, "multivariate": False},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+}
+PRUNERS = {
+    # stop a trial whose monitored value is worse than the median of earlier trials at the same epoch
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 1},
+    # successive halving over brackets of epoch budgets
+    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto"},
+    "none": {"_target_": "optuna.pruners.NopPruner"},
+}
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="visiontrain")
+for name, node in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="visiontrain")
+for name, node in PRUNERS.items():
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="visiontrain")

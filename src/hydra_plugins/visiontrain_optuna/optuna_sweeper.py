@@ -1,0 +1,213 @@
+"""A Hydra sweeper driving an Optuna study (ask and tell), one Hydra job per trial.
+
+- Search space in Hydra's sweep syntax, from ``hydra.sweeper.params`` and sweep overrides on the command line:
+  ``choice(a, b)`` / ``a,b`` -> categorical, ``range(lo, hi[, step])`` -> integers (or stepped floats),
+  ``interval(lo, hi)`` -> floats (``tag(int, ...)`` for integers), ``tag(log, ...)`` -> log scale.
+- The study is stored in SQLite inside the sweep folder; a trial's job folder is named by its trial number.
+- A job that raises is told as a failed trial and the sweep goes on; a job its pruning callback stopped
+  (``visiontrain.optuna_pruning``) is told as pruned.
+- ``resume=<sweep dir>``: the study is loaded from that folder; trials left running by the interrupted sweep are
+  run again under their number, in their folder (the job continues from its last checkpoint), then new
+  trials until the study holds ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from visiontrain.optuna_pruning import PRUNED_AT, study_storage
+
+log = logging.getLogger(__name__)
+DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+
+
+class SearchSpaceError(ValueError):
+    pass
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """The Optuna distribution of one sweep override (``key=choice(...)``, ``range(...)``, ``interval(...)``)."""
+    sweep = override.value()
+    tags = getattr(sweep, "tags", set())
+    log_scale = "log" in tags
+    name = override.get_key_element()
+    if isinstance(sweep, ChoiceSweep):
+        choices = list(sweep.list)
+        if any(not isinstance(c, (type(None), bool, int, float, str)) for c in choices):
+            raise SearchSpaceError(f"{name}: choice() values must be numbers, strings, booleans or null")
+        return CategoricalDistribution(choices)
+    if isinstance(sweep, RangeSweep):
+        start, stop, step = sweep.start, sweep.stop, sweep.step or 1
+        count = math.ceil((stop - start) / step)  # Python's range: stop excluded
+        if count < 1:
+            raise SearchSpaceError(f"{name}: range({start}, {stop}, {step}) is empty")
+        last = start + (count - 1) * step
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(start, last, log=log_scale, step=1 if log_scale else step)
+        return FloatDistribution(start, last, log=log_scale, step=None if log_scale else step)
+    if isinstance(sweep, IntervalSweep):
+        if "int" in tags:
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise SearchSpaceError(f"{name}: use choice(), range() or interval() to search over a value")
+
+
+def search_space(
+    params: dict[str, str] | None, arguments: Sequence[str]
+) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """Distributions of the swept keys (config ``params``, then the command line), and the fixed overrides."""
+    parser = OverridesParser.create()
+    config_overrides = parser.parse_overrides([f"{key}={value}" for key, value in (params or {}).items()])
+    space: dict[str, BaseDistribution] = {}
+    fixed: list[str] = []
+    for override in [*config_overrides, *parser.parse_overrides(list(arguments))]:
+        if override.is_sweep_override():
+            space[override.get_key_element()] = distribution(override)
+        else:
+            key = override.get_key_element()
+            space.pop(key, None)  # a value fixed on the command line wins over the config's search range
+            fixed.append(f"{key}={override.get_value_element_as_str()}")
+    return space, fixed
+
+
+def trial_overrides(params: dict[str, Any]) -> list[str]:
+    parser = OverridesParser.create()
+    overrides = []
+    for key, value in params.items():
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        try:  # a string Hydra would read differently is quoted
+            if isinstance(value, str) and parser.parse_override(f"{key}={text}").value() != value:
+                text = repr(value)
+        except Exception:
+            text = repr(value)
+        overrides.append(f"{key}={text}")
+    return overrides
+
+
+def built(node: Any) -> Any:
+    """A sampler or pruner: Hydra has usually instantiated it already; a config node still is one."""
+    return instantiate(node) if isinstance(node, (DictConfig, dict)) else node
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        direction: str,
+        study_name: str,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        params: dict[str, str] | None,
+        sampler: Any,
+        pruner: Any,
+    ) -> None:
+        if str(direction) not in DIRECTIONS:
+            raise ValueError(f"hydra.sweeper.direction={direction}: use maximize or minimize")
+        self.direction = DIRECTIONS[str(direction)]
+        self.study_name = study_name
+        self.storage = storage
+        self.n_trials = n_trials
+        self.n_jobs = max(1, n_jobs)
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        self.sampler_config, self.pruner_config = sampler, pruner
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> None:
+        space, fixed = search_space(self.params, arguments)
+        if not space:
+            raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        storage = study_storage(self.sweep_dir, self.storage)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=built(self.sampler_config),
+            pruner=built(self.pruner_config),
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        if study.get_trials(deepcopy=False):
+            # a resumed study: a seeded sampler would start over and propose the first run's trials again
+            study.sampler.reseed_rng()
+        log.info("Optuna study %r in %s: %d trials, %d at a time", self.study_name, storage, self.n_trials, self.n_jobs)
+        for name, dist in space.items():
+            log.info("\t%s: %s", name, dist)
+
+        # trials a killed sweep left running: run again under their number and folder (each continues from its
+        # last checkpoint when resume=<sweep dir> is given), before any new trial
+        interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if interrupted:
+            log.info("continuing interrupted trials %s", [t.number for t in interrupted])
+        for frozen in interrupted:
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            self._run_batch(study, [trial], fixed)
+
+        while (started := len(study.get_trials(deepcopy=False))) < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
+            self._run_batch(study, trials, fixed)
+
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if done:
+            best = study.best_trial
+            log.info("best trial #%d: %s = %s, %s", best.number, self.direction, best.value, best.params)
+            OmegaConf.save(
+                OmegaConf.create({"trial": best.number, "value": best.value, "params": best.params}),
+                self.sweep_dir / "optimization_results.yaml",
+            )
+
+    def _run_batch(self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str]) -> None:
+        # the launcher numbers jobs from initial_job_idx: consecutive trial numbers go together, so that each
+        # job's folder (hydra.job.num) is its trial's number
+        groups: list[list[optuna.trial.Trial]] = []
+        for trial in sorted(trials, key=lambda t: t.number):
+            if groups and groups[-1][-1].number + 1 == trial.number:
+                groups[-1].append(trial)
+            else:
+                groups.append([trial])
+        for group in groups:
+            overrides = [tuple(fixed + trial_overrides(trial.params)) for trial in group]
+            self.validate_batch_is_legal(overrides)
+            returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
+            for trial, ret in zip(group, returns):
+                self._tell(study, trial, ret)
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
+        if ret.status != JobStatus.COMPLETED:
+            log.warning("trial #%d failed: %s", trial.number, ret._return_value)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        value = ret.return_value
+        # written by the job's pruning callback into the storage (the Trial object here holds a cached copy)
+        (stored,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
+        if PRUNED_AT in stored.user_attrs:
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            log.warning("trial #%d returned %r, not a number: told as failed", trial.number, value)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        study.tell(trial, float(value))

@@ -1,0 +1,79 @@
+"""Pruning of Optuna trials from inside a training run (``callbacks.optuna_pruning``, see conf/hparams_search/)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+log = logging.getLogger("visiontrain")
+
+# user attribute of a trial this callback stopped; the sweeper then tells the trial as pruned
+PRUNED_AT = "pruned_at_epoch"
+
+
+def study_storage(sweep_dir: str | Path, storage: str | None = None) -> str:
+    """Where the study lives: ``storage`` if given, else an SQLite file inside the sweep folder."""
+    return storage or f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
+
+
+class OptunaPruning(Callback):
+    """Report ``monitor`` to the running Optuna trial after every validation and stop training when the pruner says so.
+
+    Written here rather than taken from optuna-integration: its PyTorchLightningPruningCallback needs the
+    sweeper's Trial object (our trials run as Hydra jobs, possibly in other processes) and raises TrialPruned
+    out of ``trainer.fit``, which would skip testing and the run's records. This one finds its trial from the
+    Hydra job (study storage from ``hydra.sweeper``, trial number = job number), stops like EarlyStopping
+    (rank 0 decides, every DDP rank stops), and marks the trial so that the sweeper tells it as pruned.
+    Outside an Optuna sweep it does nothing.
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self._trial = None
+        self._looked_up = False
+
+    def _find_trial(self):
+        import optuna
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import instantiate
+
+        if not HydraConfig.initialized():
+            return None
+        hydra = HydraConfig.get()
+        target = str(hydra.sweeper.get("_target_", ""))
+        if not target.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper"):
+            return None
+        storage = study_storage(hydra.sweep.dir, hydra.sweeper.get("storage"))
+        # the pruner is not stored with the study: build the sweep's own from its config
+        pruner = instantiate(hydra.sweeper.pruner) if hydra.sweeper.get("pruner") else None
+        study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=pruner)
+        (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == hydra.job.num]
+        return optuna.trial.Trial(study, frozen._trial_id)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        should_prune = False
+        if trainer.is_global_zero:
+            if not self._looked_up:
+                self._trial, self._looked_up = self._find_trial(), True
+            value = trainer.callback_metrics.get(self.monitor)
+            if self._trial is not None and value is not None:
+                epoch = trainer.current_epoch
+                self._trial.report(float(value), step=epoch)
+                should_prune = self._trial.should_prune()
+                if should_prune:
+                    self._trial.set_user_attr(PRUNED_AT, epoch)
+                    log.info(
+                        "Optuna trial #%d pruned after epoch %d (%s=%.4f)",
+                        self._trial.number,
+                        epoch,
+                        self.monitor,
+                        float(value),
+                    )
+        # every process stops together
+        should_prune = trainer.strategy.broadcast(torch.tensor(should_prune)).item()
+        trainer.should_stop = trainer.should_stop or bool(should_prune)

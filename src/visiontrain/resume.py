@@ -1,0 +1,98 @@
+"""Continue a run in place: ``python train.py resume=<run dir>``.
+
+The run directory stays the same (``hydra.run.dir`` / ``hydra.sweep.dir`` follow ``resume``, see
+conf/hydra/default.yaml), the original command line is taken back from ``<run dir>/.hydra/overrides.yaml``
+(overrides typed now win), and training restarts from ``<run dir>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from visiontrain.errors import UserError
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# overrides a resumed run never takes back from the original command line
+NOT_INHERITED = {"resume", "ckpt_path"}
+
+
+def _override_keys(overrides: list[str]) -> list[tuple[str, str | None]]:
+    return [(o.key_or_group, o.package) for o in OverridesParser.create().parse_overrides(overrides)]
+
+
+def resume_command_line(args: list[str]) -> list[str]:
+    """The command-line arguments of a resumed single run: the original run's overrides, then ``args``.
+
+    Checks, before Hydra creates or touches anything, that the folder is a run directory with a
+    last checkpoint. Multiruns are left as typed (their jobs resume one by one, see ``checkpoint_to_resume``).
+    """
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not resume or resume[-1] in ("", "null") or "-m" in args or "--multirun" in args:
+        return args
+    value = resume[-1]
+    run_dir = Path(value)
+    if not run_dir.is_dir():
+        raise UserError(f"resume={value}: there is no run directory {run_dir.resolve()}.")
+    if not (run_dir / LAST_CHECKPOINT).is_file():
+        raise UserError(
+            f"resume={value}: {run_dir.resolve() / LAST_CHECKPOINT} does not exist, so there is nothing to continue "
+            "(the run stopped before its first checkpoint); start a new run instead."
+        )
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise UserError(f"resume={value}: {overrides_file.resolve()} is missing, so this is not a run of train.py.")
+
+    original = [str(o) for o in OmegaConf.load(overrides_file)]
+    typed = [a for a in args if not a.startswith("-")]
+    replaced = set(_override_keys(typed)) | {(key, None) for key in NOT_INHERITED}
+    kept = [o for o, key in zip(original, _override_keys(original)) if key not in replaced]
+
+    if rank_zero_only.rank != 0:  # every process of a DDP run reads the command line; one keeps the records
+        return kept + args
+    # Hydra rewrites .hydra/ in the run directory: keep the records of the previous attempt
+    previous = run_dir / ".hydra" / "before_resume"
+    attempt = previous / str(len(list(previous.glob("*"))) + 1 if previous.is_dir() else 1)
+    attempt.mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        if (run_dir / ".hydra" / name).is_file():
+            shutil.copy2(run_dir / ".hydra" / name, attempt / name)
+    return kept + args
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` continues from: ``last.ckpt`` of this run's folder when resuming.
+
+    In a multirun (``-m ... resume=<sweep dir>``) each job continues from its own folder's last checkpoint,
+    and a job that had not saved one yet starts afresh.
+    """
+    resume = cfg.get("resume")
+    if not resume:
+        return cfg.get("ckpt_path")
+    if cfg.get("ckpt_path"):
+        raise UserError(
+            "set either resume=<run dir> (continue that run in place) or ckpt_path=<checkpoint> "
+            "(start a new run from it), not both."
+        )
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = output_dir / LAST_CHECKPOINT
+    if is_multirun():
+        return str(checkpoint) if checkpoint.is_file() else None
+    if output_dir.resolve() != Path(resume).resolve():
+        raise UserError(
+            f"resume={resume} but this run writes into {output_dir}; leave hydra.run.dir at its default, "
+            "which follows resume."
+        )
+    if not checkpoint.is_file():
+        raise UserError(f"resume={resume}: {checkpoint} does not exist, so there is nothing to continue.")
+    return str(checkpoint)
