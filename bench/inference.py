@@ -23,7 +23,10 @@ from visiontrain.models.simple_cnn import SimpleCNN
 MODELS = {
     "simple_cnn (MNIST, 1x28x28)": (lambda: SimpleCNN(in_channels=1, num_classes=10), (1, 28, 28)),
     "resnet18 (CIFAR stem, 3x32x32)": (lambda: build_resnet(18, num_classes=10), (3, 32, 32)),
-    "resnet18 (ImageNet stem, 3x224x224)": (lambda: build_resnet(18, num_classes=1000, cifar_stem=False), (3, 224, 224)),
+    "resnet18 (ImageNet stem, 3x224x224)": (
+        lambda: build_resnet(18, num_classes=1000, cifar_stem=False),
+        (3, 224, 224),
+    ),
 }
 
 
