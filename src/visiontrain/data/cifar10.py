@@ -6,6 +6,7 @@ The official 50k training images (validation carved from them with a fixed seed)
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
+from visiontrain.data.base import download_attempt
 from visiontrain.data.in_memory import InMemoryClassificationDataModule
 from visiontrain.errors import UserError
 
@@ -80,17 +82,17 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
     def ensure_files(self, download: bool) -> None:
         if self.source():
             return
-        tarball = Path(self.data_dir) / ARCHIVE_FILE
-        reason = "data.download=false"
-        try:
-            import torchvision
+        import torchvision
 
-            if tarball.is_file():  # downloaded earlier, never extracted
+        tarball = Path(self.data_dir) / ARCHIVE_FILE
+        if tarball.is_file():  # downloaded earlier, never extracted
+            reason = f"{tarball} could not be extracted"
+            with contextlib.suppress(Exception):
                 torchvision.datasets.utils.extract_archive(str(tarball), self.data_dir)
-            elif download:
-                torchvision.datasets.CIFAR10(self.data_dir, train=True, download=True)
-        except Exception as err:
-            reason = f"the download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        else:
+            reason = download_attempt(
+                download, lambda: torchvision.datasets.CIFAR10(self.data_dir, train=True, download=True)
+            )
         if not self.source():
             raise UserError(
                 f"CIFAR-10 not found: neither the python archive in {self.archive_dir} "

@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 
 import torch
-from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from visiontrain import preprocessing
+from visiontrain.data.base import SplitDataModule
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def load_rgb(path: str) -> Image.Image:
         raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     def __init__(
         self,
         root: str,
@@ -125,24 +125,7 @@ class ImageFolderDataModule(LightningDataModule):
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
 
-    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
-
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:
             raise UserError(f"{self.root}/test does not exist, so there is nothing to test on; set test=false.")
-        return self._loader(self.test_set, self.eval_batch_size, train=False)
+        return super().test_dataloader()

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from visiontrain import preprocessing
+from visiontrain.data.base import SplitDataModule
 from visiontrain.data.batch_transforms import BatchAugment
 from visiontrain.errors import UserError
 
@@ -47,7 +47,7 @@ def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, 
     return batch
 
 
-class InMemoryClassificationDataModule(LightningDataModule):
+class InMemoryClassificationDataModule(SplitDataModule):
     """Train/val/test splits held as uint8 tensors; subclasses say how to find, download and read the files.
 
     The validation split is carved from the official training split with a fixed seed
@@ -55,6 +55,7 @@ class InMemoryClassificationDataModule(LightningDataModule):
     """
 
     name: str = ""
+    collate_fn = staticmethod(keep_batch)
     class_names: tuple[str, ...] = ()
     num_channels: int = 0
     image_size: int = 0
@@ -146,27 +147,6 @@ class InMemoryClassificationDataModule(LightningDataModule):
             self.split_seed,
             len(self.test_set),
         )
-
-    def _loader(self, dataset: TensorImageDataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # two tensors: skip Lightning's generic walk over arbitrary collections on every step

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visiontrain.data.base import download_attempt
 from visiontrain.data.in_memory import InMemoryClassificationDataModule
 from visiontrain.errors import UserError
 
@@ -67,15 +68,14 @@ class MNISTDataModule(InMemoryClassificationDataModule):
     def ensure_files(self, download: bool) -> None:
         if not self._missing():
             return
-        reason = "data.download=false"
-        if download:
-            try:
-                import torchvision
 
-                torchvision.datasets.MNIST(self.data_dir, train=True, download=True)
-                torchvision.datasets.MNIST(self.data_dir, train=False, download=True)
-            except Exception as err:  # any network/IO failure ends in the same advice
-                reason = f"the download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        def fetch() -> None:
+            import torchvision
+
+            torchvision.datasets.MNIST(self.data_dir, train=True, download=True)
+            torchvision.datasets.MNIST(self.data_dir, train=False, download=True)
+
+        reason = download_attempt(download, fetch)
         missing = self._missing()
         if missing:
             raise UserError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visiontrain.data.pennfudan_seg import download_failure
+from visiontrain.data.base import download_attempt
 from visiontrain.data.segmentation import MaskMapping, SegmentationDataModule, pair_by_stem, seeded_split
 from visiontrain.errors import UserError
 
@@ -50,15 +50,15 @@ class OxfordPetDataModule(SegmentationDataModule):
     def ensure_files(self, download: bool) -> None:
         if not self._missing():
             return
-        reason = "data.download=false"
-        if download:
-            try:
-                import torchvision
+        import torchvision
 
-                # torchvision downloads into <parent>/oxford-iiit-pet
-                torchvision.datasets.OxfordIIITPet(str(self.root.parent), target_types="segmentation", download=True)
-            except Exception as err:
-                reason = download_failure(err)
+        # torchvision downloads into <parent>/oxford-iiit-pet
+        reason = download_attempt(
+            download,
+            lambda: torchvision.datasets.OxfordIIITPet(
+                str(self.root.parent), target_types="segmentation", download=True
+            ),
+        )
         missing = self._missing()
         if missing:
             raise UserError(

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from visiontrain.data.base import download_attempt
 from visiontrain.data.segmentation import MaskMapping, SegmentationDataModule, pair_by_stem, seeded_split
 from visiontrain.errors import UserError
 
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
-
-
-def download_failure(err: Exception) -> str:
-    return f"the download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
 
 
 class PennFudanSegDataModule(SegmentationDataModule):
@@ -35,14 +32,11 @@ class PennFudanSegDataModule(SegmentationDataModule):
     def ensure_files(self, download: bool) -> None:
         if self._present():
             return
-        reason = "data.download=false"
-        if download:
-            try:
-                from torchvision.datasets.utils import download_and_extract_archive
+        from torchvision.datasets.utils import download_and_extract_archive
 
-                download_and_extract_archive(PENNFUDAN_URL, download_root=str(self.root.parent))
-            except Exception as err:
-                reason = download_failure(err)
+        reason = download_attempt(
+            download, lambda: download_and_extract_archive(PENNFUDAN_URL, download_root=str(self.root.parent))
+        )
         if not self._present():
             raise UserError(
                 f"PennFudanPed not found: {self.root} lacks PNGImages/ and PedMasks/ and {reason}; unzip "

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from visiontrain import preprocessing
+from visiontrain.data.base import SplitDataModule
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class SegmentationFiles(Dataset):
         return image, mask
 
 
-class SegmentationDataModule(LightningDataModule):
+class SegmentationDataModule(SplitDataModule):
     """Train/val/test pairs of images and index masks, resized to ``image_size`` squares."""
 
     name: str = ""
@@ -243,26 +243,6 @@ class SegmentationDataModule(LightningDataModule):
         log.info(
             "%s: %d train / %d val / %d test images", self.name, *(len(splits[s]) for s in ("train", "val", "test"))
         )
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
 
 def pair_by_stem(image_dir: Path, mask_dir: Path, stems: Sequence[str], mask_suffix: str = ".png") -> list[Pair]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from visiontrain.data.base import download_attempt
 from visiontrain.data.oxford_pet import read_split_file
-from visiontrain.data.pennfudan_seg import download_failure
 from visiontrain.data.segmentation import SegmentationDataModule, pair_by_stem, seeded_split
 from visiontrain.errors import UserError
 
@@ -36,15 +36,13 @@ class VOCSegDataModule(SegmentationDataModule):
     def ensure_files(self, download: bool) -> None:
         if not self._missing():
             return
-        reason = "data.download=false"
-        if download:
-            try:
-                import torchvision
+        import torchvision
 
-                # torchvision lays it out as <root>/VOCdevkit/VOC2012
-                torchvision.datasets.VOCSegmentation(str(self.root.parent.parent), year="2012", download=True)
-            except Exception as err:
-                reason = download_failure(err)
+        # torchvision lays it out as <root>/VOCdevkit/VOC2012
+        reason = download_attempt(
+            download,
+            lambda: torchvision.datasets.VOCSegmentation(str(self.root.parent.parent), year="2012", download=True),
+        )
         missing = self._missing()
         if missing:
             raise UserError(
