@@ -59,6 +59,7 @@ def visiontrain_rate(root: Path, batch_size: int, steps: int) -> float:
         "logger=none",
         # nothing that writes output, on either side: no progress bar, checkpoints or loggers
         "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
         "+trainer.enable_progress_bar=false",
