@@ -34,7 +34,9 @@ def random_hflip(images: torch.Tensor) -> torch.Tensor:
 class BatchAugment:
     """uint8 ``(N, C, H, W)`` -> normalised float32, with per-image crop/flip when training."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, hflip: bool = False) -> None:
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, hflip: bool = False
+    ) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self.crop_padding = crop_padding

@@ -113,13 +113,8 @@ class ImageFolderDataModule(LightningDataModule):
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             eval_view = ImageFolder(str(self.root / "train"), transform=self.eval_transform, loader=load_rgb)
             self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(eval_view, order[:n_val])
-            log.info(
-                "no %s/val: holding out %d of %d training images (seed %d)",
-                self.root,
-                n_val,
-                len(train),
-                self.split_seed,
-            )
+            log.info("no %s/val: holding out %d of %d training images (seed %d)",
+                     self.root, n_val, len(train), self.split_seed)
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
 

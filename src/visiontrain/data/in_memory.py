@@ -134,11 +134,7 @@ class InMemoryClassificationDataModule(LightningDataModule):
         self.test_set = TensorImageDataset(*self.read_split(train=False))
         log.info(
             "%s: %d train / %d val (seed %d) / %d official test images",
-            self.name,
-            len(self.train_set),
-            len(self.val_set),
-            self.split_seed,
-            len(self.test_set),
+            self.name, len(self.train_set), len(self.val_set), self.split_seed, len(self.test_set),
         )
 
     def _loader(self, dataset: TensorImageDataset, batch_size: int, train: bool) -> DataLoader:
