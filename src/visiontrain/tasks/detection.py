@@ -118,8 +118,9 @@ class DetectionModule(LightningModule):
         predicts_masks = bool(getattr(net, "predicts_masks", False))
         if masks != predicts_masks:
             raise UserError(
-                f"model.masks={masks} but the network {'predicts' if predicts_masks else 'does not predict'} "
-                f"instance masks; set model.masks={predicts_masks}."
+                f"model.masks={str(masks).lower()} but the network "
+                f"{'predicts' if predicts_masks else 'does not predict'} instance masks; "
+                f"set model.masks={str(predicts_masks).lower()}."
             )
         self.iou_types: tuple[str, ...] = ("bbox", "segm") if masks else ("bbox",)
         self.val_map = average_precision(self.iou_types)
