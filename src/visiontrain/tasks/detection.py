@@ -105,6 +105,7 @@ class DetectionModule(LightningModule):
         scheduler: SchedulerFactory | None = None,
         masks: bool = False,
         decay_norm_and_bias: bool = False,
+        gradient_clip_norm: float | None = 10.0,
         val_images_logged: int = 8,
         image_log_every_n_epochs: int = 1,
         image_score_threshold: float = 0.5,
@@ -246,6 +247,13 @@ class DetectionModule(LightningModule):
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # detectors trained from scratch on small batches can blow up in the first steps; a norm clip of
+        # the model's own (trainer.gradient_clip_val, when set, takes precedence) keeps them finite
+        if gradient_clip_val is None and self.hparams.gradient_clip_norm:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.gradient_clip_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- checkpoint -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
