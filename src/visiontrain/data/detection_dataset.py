@@ -115,7 +115,10 @@ class AspectRatioBatchSampler(BatchSampler):
 
     def __len__(self) -> int:
         counts: dict[int, int] = defaultdict(int)
-        for index in self.sampler:
+        # a plain random pass visits every index once: count without drawing a permutation (which would
+        # consume random numbers); any other sampler (e.g. distributed) is walked
+        whole = isinstance(self.sampler, RandomSampler) and not self.sampler.replacement
+        for index in range(len(self.group_ids)) if whole and len(self.sampler) == len(self.group_ids) else self.sampler:
             counts[self.group_ids[index]] += 1
         rounding = math.floor if self.drop_last else math.ceil
         return sum(rounding(n / self.batch_size) for n in counts.values())
