@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.conftest import PROJECT_ROOT
 from visiontrain.runtime import CONFIG_DIR
@@ -48,6 +49,8 @@ def test_groups_offer_the_documented_options():
 def test_experiments_compose_and_instantiate(make_config, experiment):
     cfg = make_config("train", [f"experiment={experiment}"])
     assert cfg.tags != ["dev"]
+    if OmegaConf.select(cfg, "model.net.weights"):  # tests never download pretrained weights
+        cfg = make_config("train", [f"experiment={experiment}", "model.net.weights=null"])
     model = instantiate(cfg.model)
     assert model.hparams.num_classes == cfg.data.num_classes
 

@@ -1,0 +1,263 @@
+"""Object detection and instance segmentation: one LightningModule around a torchvision detector.
+
+Training logs the detector's loss and each of its components (``train/loss_classifier``,
+``train/loss_box_reg``, ``train/loss_objectness``, ``train/loss_rpn_box_reg``, ``train/loss_mask``, ...).
+Validation and test compute COCO mAP with torchmetrics' ``MeanAveragePrecision`` (COCO's own
+evaluation code underneath): ``map`` (AP@[.50:.95]), ``map_50``, ``map_75``, by object size, and
+recall; with masks also ``segm_map``, ... for the instance masks. ``val/map_best`` is the best
+``val/map`` so far; at test, per-class AP (``test/map_class/<name>``). Every
+``image_log_every_n_epochs`` a grid of validation images with ground truth (green) and predictions
+(red, score >= ``image_score_threshold``) goes to TensorBoard.
+
+torchvision detectors compute losses only in training mode, so there is no validation loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+
+from visiontrain.errors import UserError
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+Target = dict[str, torch.Tensor]
+
+# summary values of MeanAveragePrecision logged under <stage>/<name>
+SUMMARY = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+def average_precision(iou_types: tuple[str, ...], class_metrics: bool = False) -> MeanAveragePrecision:
+    return MeanAveragePrecision(
+        box_format="xyxy", iou_type=iou_types, class_metrics=class_metrics, backend="pycocotools"
+    )
+
+
+def metric_targets(targets: list[Target], with_masks: bool) -> list[Target]:
+    keys = ("boxes", "labels", "iscrowd", "area")
+    out = [{k: t[k] for k in keys if k in t} for t in targets]
+    if with_masks:
+        for o, t in zip(out, targets):
+            o["masks"] = t["masks"].bool()
+    return out
+
+
+def metric_predictions(preds: list[Target], with_masks: bool) -> list[Target]:
+    out = [{k: p[k] for k in ("boxes", "labels", "scores")} for p in preds]
+    if with_masks:  # Mask R-CNN gives per-instance probabilities (N, 1, H, W); COCO scores binary masks
+        for o, p in zip(out, preds):
+            o["masks"] = p["masks"][:, 0] > 0.5
+    return out
+
+
+def summary_values(result: dict[str, torch.Tensor], iou_types: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """``{"map": ..., "segm_map": ...}``: box metrics unprefixed, mask metrics prefixed ``segm_``."""
+    values = {}
+    for iou_type in iou_types:
+        prefix = f"{iou_type}_" if len(iou_types) > 1 else ""
+        for name in SUMMARY:
+            values[name if iou_type == "bbox" else f"segm_{name}"] = result[prefix + name]
+    return values
+
+
+def draw_detections(
+    image: torch.Tensor, target: Target, pred: Target, class_names: list[str], score_threshold: float, size: int
+) -> torch.Tensor:
+    """uint8 ``(3, size, size)``: the image with ground truth (green) and predictions (red, ``name score``)."""
+    canvas = (image.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
+    keep = pred["scores"] >= score_threshold
+    if "masks" in pred and keep.any():
+        canvas = draw_segmentation_masks(canvas, pred["masks"][keep][:, 0].cpu() > 0.5, alpha=0.4, colors="red")
+    if len(target["boxes"]):
+        canvas = draw_bounding_boxes(canvas, target["boxes"].cpu(), colors="lime", width=2)
+    if keep.any():
+        labels = [
+            f"{class_names[int(label) - 1]} {score:.2f}"
+            for label, score in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())
+        ]
+        canvas = draw_bounding_boxes(canvas, pred["boxes"][keep].cpu(), labels=labels, colors="red", width=2)
+    # letterbox into size x size so images of any shape tile into one grid
+    height, width = canvas.shape[-2:]
+    scale = size / max(height, width)
+    canvas = F.resize(canvas, [max(1, round(height * scale)), max(1, round(width * scale))], antialias=True)
+    return F.pad(canvas, [0, 0, size - canvas.shape[2], size - canvas.shape[1]])
+
+
+class DetectionModule(LightningModule):
+    """Trains ``net`` (a :class:`visiontrain.models.detection.Detector`) on lists of images and targets.
+
+    Only plain values are saved as hyperparameters, so checkpoints load with ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        scheduler: SchedulerFactory | None = None,
+        masks: bool = False,
+        decay_norm_and_bias: bool = False,
+        gradient_clip_norm: float | None = 10.0,
+        val_images_logged: int = 8,
+        image_log_every_n_epochs: int = 1,
+        image_score_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names: list[str] = [str(i) for i in range(1, num_classes + 1)]
+        predicts_masks = bool(getattr(net, "predicts_masks", False))
+        if masks != predicts_masks:
+            raise UserError(
+                f"model.masks={str(masks).lower()} but the network "
+                f"{'predicts' if predicts_masks else 'does not predict'} instance masks; "
+                f"set model.masks={str(predicts_masks).lower()}."
+            )
+        self.iou_types: tuple[str, ...] = ("bbox", "segm") if masks else ("bbox",)
+        self.val_map = average_precision(self.iou_types)
+        self.test_map = average_precision(self.iou_types, class_metrics=True)
+        self.val_map_best = MaxMetric()
+        self._val_samples: list[torch.Tensor] = []
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def check_data_compatibility(self, input_shape: tuple[int, ...] | None, num_classes: int, data_name: str) -> None:
+        """Fail before training, in one sentence, when the detector cannot take the data.
+
+        Detectors resize every image themselves, so any height and width works (``input_shape`` is
+        None for detection data); what must agree is the channel count and the number of classes.
+        """
+        if num_classes != self.hparams.num_classes:
+            raise UserError(
+                f"the model is configured for {self.hparams.num_classes} object classes but {data_name} has "
+                f"{num_classes}; leave model.num_classes at ${{data.num_classes}}."
+            )
+        if input_shape is not None and input_shape[0] != 3:
+            raise UserError(f"torchvision detectors take RGB images but {data_name} has {input_shape[0]} channels.")
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "class_names", None)
+        if names and len(names) == self.hparams.num_classes:
+            self.class_names = list(names)
+        if self.hparams.masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
+            raise UserError("the model predicts instance masks but the data is read without them; set data.masks=true.")
+
+    def forward(self, images: list[torch.Tensor], targets: list[Target] | None = None) -> Any:
+        return self.net(images, targets)
+
+    # --- steps ----------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[list[torch.Tensor], list[Target]], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses: dict[str, torch.Tensor] = self.net(images, targets)
+        loss = sum(losses.values())
+        n = len(images)
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss_step", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for name, value in losses.items():
+            name = name if name.startswith("loss") else f"loss_{name}"
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_map_best.reset()  # forget the sanity-check batches
+
+    def _predict(self, images: list[torch.Tensor], targets: list[Target], metric: MeanAveragePrecision) -> list[Target]:
+        preds = self.net(images)
+        with_masks = self.hparams.masks
+        metric.update(metric_predictions(preds, with_masks), metric_targets(targets, with_masks))
+        return preds
+
+    def _logging_images(self) -> bool:
+        every = self.hparams.image_log_every_n_epochs
+        return (
+            self.hparams.val_images_logged > 0
+            and every > 0
+            and not self.trainer.sanity_checking
+            and (self.current_epoch + 1) % every == 0
+            and self.trainer.is_global_zero
+        )
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        preds = self._predict(images, targets, self.val_map)
+        room = self.hparams.val_images_logged - len(self._val_samples)
+        if room > 0 and self._logging_images():
+            for image, target, pred in list(zip(images, targets, preds))[:room]:
+                self._val_samples.append(
+                    draw_detections(image, target, pred, self.class_names, self.hparams.image_score_threshold, 320)
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        values = summary_values(self.val_map.compute(), self.iou_types)
+        self.val_map.reset()
+        # already synchronised by torchmetrics; sync_dist only keeps Lightning from warning under DDP
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k != "map"}, sync_dist=True)
+        self.log("val/map", values["map"], prog_bar=True, sync_dist=True)
+        self.val_map_best.update(values["map"])
+        self.log("val/map_best", self.val_map_best.compute(), sync_dist=True)
+        experiment = getattr(self.logger, "experiment", None)
+        if self._val_samples and hasattr(experiment, "add_image"):
+            grid = make_grid(torch.stack(self._val_samples), nrow=4, padding=4)
+            experiment.add_image("val/predictions", grid, global_step=self.global_step)
+        self._val_samples.clear()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        self._predict(images, targets, self.test_map)
+
+    def on_test_epoch_end(self) -> None:
+        result = self.test_map.compute()
+        self.test_map.reset()
+        values = {f"test/{k}": v for k, v in summary_values(result, self.iou_types).items()}
+        for iou_type in self.iou_types:
+            prefix = f"{iou_type}_" if len(self.iou_types) > 1 else ""
+            name = "map_class" if iou_type == "bbox" else "segm_map_class"
+            classes = result["classes"].reshape(-1).tolist()
+            per_class = result[f"{prefix}map_per_class"].reshape(-1)
+            for label, ap in zip(classes, per_class):
+                if ap >= 0:  # -1: the class does not occur in the test split
+                    values[f"test/{name}/{self.class_names[int(label) - 1]}"] = ap
+        self.log_dict(values, sync_dist=True)
+
+    # --- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainable = [p for p in self.net.parameters() if p.requires_grad]  # frozen backbone layers stay out
+        if self.hparams.decay_norm_and_bias:
+            params: Any = trainable
+        else:  # no weight decay on norm scales and biases
+            params = [
+                {"params": [p for p in trainable if p.ndim > 1]},
+                {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+            ]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # detectors trained from scratch on small batches can blow up in the first steps; a norm clip of
+        # the model's own (trainer.gradient_clip_val, when set, takes precedence) keeps them finite
+        if gradient_clip_val is None and self.hparams.gradient_clip_norm:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.gradient_clip_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # --- checkpoint -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["class_names"] = list(self.class_names)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.class_names = list(checkpoint.get("class_names", self.class_names))
