@@ -97,6 +97,8 @@ class DetectionModule(LightningModule):
     Only plain values are saved as hyperparameters, so checkpoints load with ``weights_only=True``.
     """
 
+    task = "detection"
+
     def __init__(
         self,
         net: nn.Module,
@@ -127,6 +129,7 @@ class DetectionModule(LightningModule):
         self.val_map = average_precision(self.iou_types)
         self.test_map = average_precision(self.iou_types, class_metrics=True)
         self.val_map_best = MaxMetric()
+        self.val_map_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self._val_samples: list[torch.Tensor] = []
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -169,9 +172,6 @@ class DetectionModule(LightningModule):
             self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
-    def on_train_start(self) -> None:
-        self.val_map_best.reset()  # forget the sanity-check batches
-
     def _predict(self, images: list[torch.Tensor], targets: list[Target], metric: MeanAveragePrecision) -> list[Target]:
         preds = self.net(images)
         with_masks = self.hparams.masks
@@ -204,8 +204,9 @@ class DetectionModule(LightningModule):
         # already synchronised by torchmetrics; sync_dist only keeps Lightning from warning under DDP
         self.log_dict({f"val/{k}": v for k, v in values.items() if k != "map"}, sync_dist=True)
         self.log("val/map", values["map"], prog_bar=True, sync_dist=True)
-        self.val_map_best.update(values["map"])
-        self.log("val/map_best", self.val_map_best.compute(), sync_dist=True)
+        if not self.trainer.sanity_checking:  # a few batches before training: not an epoch's result
+            self.val_map_best.update(values["map"])
+            self.log("val/map_best", self.val_map_best.compute(), sync_dist=True)
         experiment = getattr(self.logger, "experiment", None)
         if self._val_samples and hasattr(experiment, "add_image"):
             grid = make_grid(torch.stack(self._val_samples), nrow=4, padding=4)
