@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.ops import masks_to_boxes
 
@@ -531,3 +533,42 @@ def test_overfit_a_handful_of_images_reaches_map50_0_9(make_config, tmp_path):
     )
     metrics = train(cfg)
     assert metrics["val/map_50"] >= 0.9
+
+
+def test_predict_writes_coco_results_and_drawn_images(make_config, detection_data, tmp_path):
+    from pycocotools.coco import COCO
+
+    from visiontrain.predict import predict
+
+    overrides = ["data=pennfudan", f"data.root={detection_data / 'PennFudanPed'}", "data.val_size=2",
+                 "data.test_size=2", *MODELS["maskrcnn"], *TINY, "trainer.max_epochs=1",
+                 "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]  # fmt: skip
+    cfg = make_config("train", overrides)
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for path in sorted((detection_data / "PennFudanPed" / "PNGImages").glob("*.png"))[:3]:
+        shutil.copy(path, inputs / path.name)
+    images = sorted(inputs.iterdir())
+    out = tmp_path / "pred"
+    predict_cfg = make_config(
+        "predict", [f"ckpt_path={ckpt}", f"input={inputs}", f"output={out}", "predict.score_threshold=0.0"]
+    )
+    assert predict(predict_cfg)["images"] == 3
+    results = json.loads((out / "predictions.json").read_text())
+    assert results and {"image_id", "file", "category_id", "category_name", "bbox", "score", "segmentation"} <= set(
+        results[0]
+    )
+    assert {r["category_name"] for r in results} == {"pedestrian"}
+    assert len(list(out.glob("*_detections.png"))) == 3
+    sizes = {i + 1: Image.open(p).size for i, p in enumerate(images)}
+    ground_truth = COCO()
+    ground_truth.dataset = {
+        "images": [{"id": i, "width": w, "height": h} for i, (w, h) in sizes.items()],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "pedestrian"}],
+    }
+    ground_truth.createIndex()
+    loaded = ground_truth.loadRes(str(out / "predictions.json"))  # the COCO results format, as pycocotools reads it
+    assert len(loaded.getAnnIds()) == len(results)

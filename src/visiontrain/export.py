@@ -72,6 +72,10 @@ def export(cfg: DictConfig) -> dict[str, float]:
     if fmt not in ("onnx", "torchscript"):
         raise UserError(f"format={fmt}: choose onnx or torchscript.")
     model = load_checkpoint(cfg.ckpt_path)
+    if model.task == "detection":
+        raise UserError(
+            "export.py does not export detectors yet; predict.py ckpt_path=... runs them from the checkpoint."
+        )
     suffix = ".onnx" if fmt == "onnx" else ".pt"
     path = Path(cfg.output) if cfg.get("output") else Path(cfg.ckpt_path).with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)

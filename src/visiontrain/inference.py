@@ -37,7 +37,8 @@ class LoadedModel:
     task: str
     class_names: list[str]
     preprocessing: dict[str, Any]
-    run: Callable[[torch.Tensor], torch.Tensor]  # normalised batch (N, C, H, W) -> logits
+    # normalised batch (N, C, H, W) -> logits; detection: a list of images -> a list of {boxes, labels, scores[, masks]}
+    run: Callable[[Any], Any]
     source: str
     module: torch.nn.Module | None = None  # the network (``Logits``), when loaded from a checkpoint
 
@@ -61,7 +62,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     module = Logits(task_module.net).eval().to(device)
 
     @torch.no_grad()
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: torch.Tensor | list[torch.Tensor]) -> Any:
+        if isinstance(images, list):  # detectors: variable-size images in, one dict per image out
+            outputs = module([image.to(device, non_blocking=True) for image in images])
+            return [{key: value.cpu() for key, value in output.items()} for output in outputs]
         return module(images.to(device, non_blocking=True)).float().cpu()
 
     names = checkpoint.get("class_names") or [str(i) for i in range(stored["model_resolved"]["num_classes"])]

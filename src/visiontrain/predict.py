@@ -1,13 +1,15 @@
 """Run a trained model on image files: ``python predict.py ckpt_path=<ckpt> input=<file|folder|glob> output=<dir>``.
 
 ``model_path=<model.onnx>`` runs an exported model through onnxruntime instead (no Lightning).
-Classification writes ``predictions.csv``; segmentation an index-PNG mask and a colour overlay per image.
+Classification writes ``predictions.csv``; segmentation an index-PNG mask and a colour overlay per image;
+detection ``predictions.json`` (COCO results format) and each image with its boxes drawn.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.utils import draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from visiontrain import preprocessing, runtime
 from visiontrain.errors import UserError
@@ -51,8 +53,8 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 class ClassificationWriter:
-    def __init__(self, output: Path, model: LoadedModel, topk: int) -> None:
-        self.topk = min(topk, len(model.class_names))
+    def __init__(self, output: Path, model: LoadedModel, options: DictConfig) -> None:
+        self.topk = min(options.topk, len(model.class_names))
         self.names = model.class_names
         self.file = (output / "predictions.csv").open("w", newline="")
         self.csv = csv.writer(self.file)
@@ -75,7 +77,7 @@ class ClassificationWriter:
 class SegmentationWriter:
     """``<stem>_mask.png`` (palette index PNG, input size) and ``<stem>_overlay.png`` per image."""
 
-    def __init__(self, output: Path, model: LoadedModel, topk: int) -> None:
+    def __init__(self, output: Path, model: LoadedModel, options: DictConfig) -> None:
         self.output = output
         self.spec = model.preprocessing
         self.colors = class_colors(len(model.class_names))
@@ -100,7 +102,46 @@ class SegmentationWriter:
         pass
 
 
-WRITERS = {"classification": ClassificationWriter, "segmentation": SegmentationWriter}
+class DetectionWriter:
+    """``predictions.json`` in the COCO results format (plus the file name; RLE masks for Mask R-CNN)
+    and a copy of each image with its boxes (and masks) drawn and labelled."""
+
+    def __init__(self, output: Path, model: LoadedModel, options: DictConfig) -> None:
+        self.output = output
+        self.names = model.class_names
+        self.threshold = options.score_threshold
+        self.results: list[dict] = []
+        self.image_id = 0
+
+    def add(self, path: Path, image: torch.Tensor, prediction: dict[str, torch.Tensor]) -> None:
+        from pycocotools import mask as coco_mask
+
+        self.image_id += 1
+        keep = prediction["scores"] >= self.threshold
+        boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
+        masks = prediction["masks"][keep][:, 0] >= 0.5 if "masks" in prediction else None
+        for k, (box, label, score) in enumerate(zip(boxes.tolist(), labels.tolist(), scores.tolist())):
+            x0, y0, x1, y1 = box
+            entry = {
+                "image_id": self.image_id, "file": str(path), "category_id": int(label),
+                "category_name": self.names[label - 1], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
+            }  # fmt: skip
+            if masks is not None:
+                rle = coco_mask.encode(np.asfortranarray(masks[k].numpy().astype(np.uint8)))
+                entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            self.results.append(entry)
+        drawn = image
+        if masks is not None and len(masks):
+            drawn = draw_segmentation_masks(drawn, masks, alpha=0.4)
+        captions = [f"{self.names[label - 1]} {score:.2f}" for label, score in zip(labels.tolist(), scores.tolist())]
+        drawn = draw_bounding_boxes(drawn, boxes, labels=captions, colors="red", width=2)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(self.output / f"{path.stem}_detections.png")
+
+    def close(self) -> None:
+        (self.output / "predictions.json").write_text(json.dumps(self.results))
+
+
+WRITERS = {"classification": ClassificationWriter, "segmentation": SegmentationWriter, "detection": DetectionWriter}
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
@@ -111,7 +152,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     transform = preprocessing.transform(model.preprocessing)
-    writer = WRITERS[model.task](output, model, cfg.predict.topk)
+    writer = WRITERS[model.task](output, model, cfg.predict)
     batch_size = cfg.predict.batch_size
     skipped: list[str] = []
     done = 0
@@ -129,7 +170,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
                 log.warning("skipped %s: cannot decode it (%s)", path, reason)
         if not kept:
             continue
-        logits = model.run(torch.stack([transform(image) for image in images]))
+        inputs = [transform(image) for image in images]
+        # detectors take a list of variable-size images; the others one stacked batch
+        logits = model.run(inputs if model.task == "detection" else torch.stack(inputs))
         for path, image, output_logits in zip(kept, images, logits):
             writer.add(path, image, output_logits)
         done += len(kept)

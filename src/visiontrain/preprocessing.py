@@ -4,7 +4,8 @@ models: ``predict.py`` rebuilds exactly what the datamodule fed the network at t
 A spec is a dict: ``channels`` (1 or 3), ``mode`` and ``size`` (plus ``resize`` for centre crops),
 ``mean``/``std`` (of pixel values in [0, 1]) and, for padded inputs, ``pad_fill`` (image padding).
 Modes: ``exact`` (resize to size x size), ``center_crop`` (shorter side to ``resize``, centre crop
-``size``), ``pad`` (longer side to ``size``, pad right/bottom to a square).
+``size``), ``pad`` (longer side to ``size``, pad right/bottom to a square), ``as_is`` (the image at its
+own size, values scaled to [0, 1]: detectors resize and normalise inside the model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def pad(size: int, mean, std) -> Spec:
     return {"channels": 3, "mode": "pad", "size": size, "mean": list(mean), "std": list(std)}
 
 
+def as_is() -> Spec:
+    return {"channels": 3, "mode": "as_is"}
+
+
 def resized_shape(spec: Spec, height: int, width: int) -> tuple[int, int]:
     """For ``pad``: the (height, width) the image occupies inside the padded square."""
     scale = spec["size"] / max(height, width)
@@ -37,6 +42,8 @@ def resized_shape(spec: Spec, height: int, width: int) -> tuple[int, int]:
 
 def transform(spec: Spec) -> v2.Compose:
     """uint8 image tensor ``(C, H, W)`` (any size, RGB or grey) -> normalised float tensor."""
+    if spec["mode"] == "as_is":
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
     size = spec["size"]
     steps: list = [v2.Grayscale(num_output_channels=1)] if spec["channels"] == 1 else []
     if spec["mode"] == "exact":

@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
+from visiontrain import preprocessing
 from visiontrain.data.detection_transforms import detection_eval_transform, detection_train_transform
 from visiontrain.errors import UserError
 
@@ -166,6 +167,8 @@ class DetectionDataModule(LightningDataModule):
         self.test_set: DetectionDataset | None = None
 
     input_shape = None
+    # what predict.py feeds the detector: the image as it is (the model resizes and normalises)
+    preprocessing = preprocessing.as_is()
 
     @property
     def has_test_split(self) -> bool:
