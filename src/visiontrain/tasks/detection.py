@@ -14,11 +14,9 @@ torchvision detectors compute losses only in training mode, so there is no valid
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.detection import MeanAveragePrecision
@@ -26,9 +24,8 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from visiontrain.errors import UserError
+from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 Target = dict[str, torch.Tensor]
 
 # summary values of MeanAveragePrecision logged under <stage>/<name>
@@ -91,7 +88,7 @@ def draw_detections(
     return F.pad(canvas, [0, 0, size - canvas.shape[2], size - canvas.shape[1]])
 
 
-class DetectionModule(LightningModule):
+class DetectionModule(VisionTask):
     """Trains ``net`` (a :class:`visiontrain.models.detection.Detector`) on lists of images and targets.
 
     Only plain values are saved as hyperparameters, so checkpoints load with ``weights_only=True``.
@@ -112,12 +109,9 @@ class DetectionModule(LightningModule):
         image_log_every_n_epochs: int = 1,
         image_score_threshold: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.class_names: list[str] = [str(i) for i in range(1, num_classes + 1)]
+        self.class_names = [str(i) for i in range(1, num_classes + 1)]  # labels 1..K; 0 is background
         predicts_masks = bool(getattr(net, "predicts_masks", False))
         if masks != predicts_masks:
             raise UserError(
@@ -148,10 +142,8 @@ class DetectionModule(LightningModule):
             raise UserError(f"torchvision detectors take RGB images but {data_name} has {input_shape[0]} channels.")
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(datamodule, "class_names", None)
-        if names and len(names) == self.hparams.num_classes:
-            self.class_names = list(names)
         if self.hparams.masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
             raise UserError("the model predicts instance masks but the data is read without them; set data.masks=true.")
 
@@ -232,33 +224,9 @@ class DetectionModule(LightningModule):
         self.log_dict(values, sync_dist=True)
 
     # --- optimisation ---------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        trainable = [p for p in self.net.parameters() if p.requires_grad]  # frozen backbone layers stay out
-        if self.hparams.decay_norm_and_bias:
-            params: Any = trainable
-        else:  # no weight decay on norm scales and biases
-            params = [
-                {"params": [p for p in trainable if p.ndim > 1]},
-                {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
-            ]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # detectors trained from scratch on small batches can blow up in the first steps; a norm clip of
         # the model's own (trainer.gradient_clip_val, when set, takes precedence) keeps them finite
         if gradient_clip_val is None and self.hparams.gradient_clip_norm:
             gradient_clip_val, gradient_clip_algorithm = self.hparams.gradient_clip_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    # --- checkpoint -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = list(self.class_names)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.class_names = list(checkpoint.get("class_names", self.class_names))
