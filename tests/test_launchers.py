@@ -4,14 +4,23 @@ with our cluster settings (no cluster here)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from lightning import Callback
 from omegaconf import OmegaConf
 
-from tests.conftest import run_cli
+from tests.conftest import PROJECT_ROOT, run_cli
 from visiontrain.runtime import CONFIG_DIR
+from visiontrain.train import train
 
 
 def test_slurm_launcher_config_composes():
@@ -40,3 +49,64 @@ def test_local_launchers_run_two_jobs_in_their_own_directories(tmp_path, dataset
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert 0 < metrics["val/acc_best"] <= 1
     assert (sweep / "summary.csv").read_text().count("\n") == 3  # header + one row per job
+
+
+def test_slurm_requeue_signal_saves_a_checkpoint_in_the_run_directory(tmp_path, datasets):
+    """On preemption/timeout SLURM signals the job; Lightning's SLURM environment (auto-requeue) saves
+    ``hpc_ckpt_<n>.ckpt`` in the run directory and asks ``scontrol`` to requeue (absent here); a requeued
+    job finds that checkpoint in the same directory and continues from it."""
+    env = {
+        **os.environ, "DATA_DIR": str(datasets), "PYTHONWARNINGS": "ignore", "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "visiontrain",
+        "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+    }  # fmt: skip
+    args = ["data.val_size=100", "data.batch_size=16", "trainer.max_epochs=200", "extras.print_config=false",
+            "callbacks.progress_bar=null", "logger=csv"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        runs = tmp_path / "outputs" / "train" / "runs"
+        deadline = time.time() + 120
+        while not list(runs.glob("*/checkpoints/last.ckpt")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGUSR1)  # what Lightning's SLURMEnvironment listens for by default
+        deadline = time.time() + 60
+        while not list(runs.glob("*/hpc_ckpt_*.ckpt")) and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        stderr = proc.communicate()[1]
+    (saved,) = list(runs.glob("*/hpc_ckpt_*.ckpt"))
+    checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] > 0 and "state_dict" in checkpoint
+    assert "SLURM auto-requeueing enabled" in stderr and "Requeuing SLURM job 4242" in stderr
+
+
+class StartEpochProbe(Callback):
+    """Records the epoch each fit starts at."""
+
+    started_at: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        StartEpochProbe.started_at.append(trainer.current_epoch)
+
+
+def test_requeued_slurm_job_continues_from_its_own_last_checkpoint(make_config, monkeypatch):
+    # the first attempt: stopped after epoch 0 of 2 (as if the job had been preempted there)
+    stop = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/acc",
+            "+callbacks.stop.mode=max", "+callbacks.stop.stopping_threshold=0.0"]  # fmt: skip
+    common = ["data.val_size=100", "data.batch_size=32", "trainer.max_epochs=2", "test=false"]
+    train(make_config("train", common + stop))
+    probe = ["+callbacks.probe._target_=tests.test_launchers.StartEpochProbe"]
+    cfg = make_config("train", common + probe)  # the same job config and folder, as submitit re-runs it
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    steps_per_epoch = torch.load(last, weights_only=True)["global_step"]
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1", "SLURM_NTASKS": "1",
+                       "SLURM_JOB_NAME": "visiontrain", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    train(cfg)
+    assert StartEpochProbe.started_at[-1] == 1  # continued at epoch 1, not restarted at 0
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 1 and final["global_step"] == 2 * steps_per_epoch

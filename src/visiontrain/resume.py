@@ -7,6 +7,7 @@ conf/hydra/default.yaml), the original command line is taken back from ``<run di
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def requeued_slurm_job() -> bool:
+    """SLURM sets SLURM_RESTART_COUNT when it starts a job again (preempted, or timed out and requeued)."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def checkpoint_of_requeued_job(output_dir: Path) -> str | None:
+    """A requeued job runs again in its own folder (submitit re-runs the same job config) and continues by
+    itself: from Lightning's ``hpc_ckpt_<n>.ckpt`` when the requeue signal saved one (returning None lets
+    Lightning pick the newest), else from ``last.ckpt``; with neither it starts afresh."""
+    if list(output_dir.glob("hpc_ckpt_*.ckpt")):
+        return None
+    checkpoint = output_dir / LAST_CHECKPOINT
+    return str(checkpoint) if checkpoint.is_file() else None
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     """The checkpoint ``trainer.fit`` continues from: ``last.ckpt`` of this run's folder when resuming.
 
@@ -77,6 +93,8 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     and a job that had not saved one yet starts afresh.
     """
     resume = cfg.get("resume")
+    if not resume and not cfg.get("ckpt_path") and requeued_slurm_job():
+        return checkpoint_of_requeued_job(Path(cfg.paths.output_dir))
     if not resume:
         return cfg.get("ckpt_path")
     if cfg.get("ckpt_path"):
