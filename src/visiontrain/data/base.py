@@ -9,6 +9,8 @@ from typing import Any
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from visiontrain.errors import UserError
+
 
 def download_attempt(download: bool, fetch: Callable[[], Any]) -> str:
     """Run ``fetch`` when downloads are allowed; return why the files may still be missing, for the error."""
@@ -24,6 +26,7 @@ def download_attempt(download: bool, fetch: Callable[[], Any]) -> str:
 class SplitDataModule(LightningDataModule):
     """``train_set`` / ``val_set`` / ``test_set`` served as DataLoaders (shuffled, full batches for training)."""
 
+    name: str = ""
     batch_size: int
     eval_batch_size: int
     num_workers: int
@@ -52,4 +55,6 @@ class SplitDataModule(LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise UserError(f"{self.name} has no test split, so there is nothing to test on; set test=false.")
         return self._loader(self.test_set, self.eval_batch_size, train=False)

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import LightningDataModule
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
 from visiontrain import preprocessing
+from visiontrain.data.base import SplitDataModule
 from visiontrain.data.detection_transforms import detection_eval_transform, detection_train_transform
 from visiontrain.errors import UserError
 
@@ -125,7 +125,7 @@ class AspectRatioBatchSampler(BatchSampler):
         return sum(rounding(n / self.batch_size) for n in counts.values())
 
 
-class DetectionDataModule(LightningDataModule):
+class DetectionDataModule(SplitDataModule):
     """Train/val/(test) detection splits from a subclass's ``make_splits``; loaders, augmentation and batching here.
 
     ``input_shape`` is None: images keep their own size (the detector resizes them).
@@ -209,14 +209,3 @@ class DetectionDataModule(LightningDataModule):
             sampler = AspectRatioBatchSampler(RandomSampler(dataset), groups, batch_size)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, **common)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise UserError(f"{self.name} has no test split, so there is nothing to test on; set test=false.")
-        return self._loader(self.test_set, self.eval_batch_size, train=False)

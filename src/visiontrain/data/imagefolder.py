@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
@@ -124,8 +124,3 @@ class ImageFolderDataModule(SplitDataModule):
             )
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise UserError(f"{self.root}/test does not exist, so there is nothing to test on; set test=false.")
-        return super().test_dataloader()
