@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from visiontrain import runtime
 from visiontrain.callbacks import CONFIG_KEY
 from visiontrain.errors import UserError
+from visiontrain.models.weights import without_pretrained
 from visiontrain.runtime import CONFIG_DIR
 
 log = logging.getLogger("visiontrain")
@@ -44,6 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
     model_config_from_checkpoint(cfg)
+    with open_dict(cfg):  # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
+        cfg.model = OmegaConf.create(without_pretrained(OmegaConf.to_container(cfg.model, resolve=False)))
     runtime.prepare_run(cfg)
 
     datamodule = instantiate(cfg.data)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 
 from visiontrain.callbacks import CONFIG_KEY
 from visiontrain.errors import UserError
+from visiontrain.models.weights import without_pretrained
 
 METADATA_KEY = "visiontrain"  # ONNX metadata_props key / TorchScript extra file holding the JSON below
 
@@ -57,7 +58,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     stored = checkpoint.get(CONFIG_KEY) or {}
     if not stored.get("model_resolved") or not stored.get("preprocessing") or not stored.get("task"):
         raise UserError(f"{path} lacks the model config and preprocessing that visiontrain stores; retrain with it.")
-    task_module = instantiate(stored["model_resolved"])
+    # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
+    task_module = instantiate(without_pretrained(stored["model_resolved"]))
     task_module.load_state_dict(checkpoint["state_dict"])
     module = Logits(task_module.net).eval().to(device)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 
 def cosine_with_warmup(
@@ -29,3 +29,11 @@ def step_decay(optimizer: Optimizer, total_steps: int, step_fraction: float = 0.
     of training. 0.3 of a 10-epoch run is torchvision's detection tutorial recipe (StepLR step 3 epochs)."""
     every = max(1, round(step_fraction * total_steps))
     return LambdaLR(optimizer, lambda step: gamma ** (step // every))
+
+
+def one_cycle(optimizer: Optimizer, total_steps: int, **kwargs) -> OneCycleLR:
+    """OneCycleLR peaking at each parameter group's own learning rate: with discriminative learning rates
+    (a backbone at ``backbone_lr_scale`` x the head's) one ``max_lr`` for all groups would erase them."""
+    return OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, **kwargs
+    )

@@ -18,6 +18,7 @@ from lightning import Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from visiontrain.errors import UserError
 
@@ -32,9 +33,29 @@ def resume_or(resume: str | None, default: str) -> str:
     return str(resume) if resume not in (None, "") else default
 
 
+def best_checkpoint(task_name: str, *, _root_: DictConfig) -> str:
+    """``${best_checkpoint:pennfudan_unet}``: the best checkpoint (``best_model_path`` in metrics.json) of the
+    newest finished run under ``<paths.log_dir>/<task_name>/runs/``, e.g. for ``init_from``."""
+    runs = Path(str(_root_.paths.log_dir)) / str(task_name) / "runs"
+    records = sorted(runs.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for record in records:
+        try:
+            path = json.loads(record.read_text()).get("best_model_path")
+        except (OSError, ValueError):
+            continue
+        if path and Path(path).is_file():
+            return str(path)
+    raise UserError(
+        f"no finished {task_name} run with a best checkpoint under {runs}; "
+        f"run python train.py experiment={task_name} first."
+    )
+
+
 # registered on import, before Hydra resolves hydra.run.dir (also in launcher worker processes)
 if not OmegaConf.has_resolver("visiontrain.resume_or"):
     OmegaConf.register_new_resolver("visiontrain.resume_or", resume_or)
+if not OmegaConf.has_resolver("best_checkpoint"):
+    OmegaConf.register_new_resolver("best_checkpoint", best_checkpoint)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
@@ -84,7 +105,7 @@ def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfi
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
-        except (UserError, InstantiationException, RuntimeError) as err:
+        except (UserError, InstantiationException, RuntimeError, InterpolationResolutionError) as err:
             cause = user_error_of(err)
             if cause is None:
                 raise

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from visiontrain import ddp, resume, runtime
 from visiontrain.callbacks import ConfigInCheckpoint, ContinuedTensorBoardRun, RandomStateInCheckpoint
 from visiontrain.errors import UserError
+from visiontrain.models import weights
 from visiontrain.runtime import CONFIG_DIR
 
 log = logging.getLogger("visiontrain")
@@ -28,9 +29,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if cfg.get("init_from") and ckpt_path:
+        log.info("init_from=%s ignored: the run resumes from %s with its own weights", cfg.init_from, ckpt_path)
+    elif cfg.get("init_from"):
+        weights.load_file(model.net, cfg.init_from, strict=bool(cfg.get("init_strict")))
     model.check_data_compatibility(datamodule.input_shape, datamodule.num_classes, datamodule.name)
 
     callbacks = runtime.instantiate_group(cfg.get("callbacks"))
+    if cfg.get("finetune") and "_target_" in cfg.finetune:
+        callbacks.append(instantiate(cfg.finetune))
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint()]

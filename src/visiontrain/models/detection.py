@@ -19,6 +19,7 @@ from torch import nn
 from torchvision import models
 
 from visiontrain.errors import UserError
+from visiontrain.models.weights import is_file, load_file, torchvision_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +72,6 @@ class Detector(nn.Module):
         return output
 
 
-def _fetch(enum_name: str, weights: str) -> None:
-    """Resolve a weights name and make sure the file is in the torch hub cache, or fail in one sentence."""
-    try:
-        enum = models.get_model_weights(enum_name)
-        spec = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-    except (KeyError, ValueError) as err:
-        names = ", ".join(w.name for w in models.get_model_weights(enum_name))
-        raise UserError(
-            f"torchvision has no weights {weights!r} for {enum_name}; choose one of: DEFAULT, {names}."
-        ) from err
-    try:
-        spec.get_state_dict(progress=False)  # downloads into $TORCH_HOME/hub/checkpoints once
-    except Exception as err:  # offline, proxy, broken cache: one sentence, not a urllib traceback
-        raise UserError(
-            f"could not download torchvision weights {enum_name}.{spec.name} ({type(err).__name__}); without a "
-            f"network, put {spec.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints/ or set the weights to null."
-        ) from err
-
-
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
@@ -121,6 +103,10 @@ def build_detector(
     the backbone only. Both null: everything is trained from scratch. ``min_size``/``max_size`` null
     keep the variant's own input size (800/1333 for ResNet-50 FPN, 320/640 for the 320 variant; SSDlite
     resizes to a square of ``min_size``, 320 by default). Other keyword arguments go to the torchvision builder.
+
+    Either weights option also takes a local file (``.pth``/``.pt``/``.safetensors`` or a visiontrain
+    checkpoint): the detector is then built as from scratch (trainable BatchNorm, every stage trainable;
+    ``finetune=staged`` freezes the backbone) and the file's tensors loaded by name.
     """
     if family not in VARIANTS:
         raise UserError(f"model.net.family={family!r} is not one of {', '.join(VARIANTS)}.")
@@ -134,10 +120,15 @@ def build_detector(
         min_size = tuple(int(s) for s in min_size)
     outputs = num_classes if family in SIGMOID_FAMILIES else num_classes + 1
 
-    if weights:
-        _fetch(name, weights)
+    weights_file = weights if is_file(weights) else None
+    backbone_file = weights_backbone if is_file(weights_backbone) else None
+    if weights_file or backbone_file:  # a local file: built as from scratch, then the file's tensors loaded
+        weights = weights_backbone = None
+    if weights:  # into the torch hub cache once (or one sentence offline); the builder below reads it there
+        torchvision_state_dict(name, weights, "model.net.weights")
     elif weights_backbone:
-        _fetch("resnet50" if "resnet50" in variant else "mobilenet_v3_large", weights_backbone)
+        backbone_name = "resnet50" if "resnet50" in variant else "mobilenet_v3_large"
+        torchvision_state_dict(backbone_name, weights_backbone, "model.net.weights_backbone")
     options: dict[str, Any] = dict(kwargs)
     if trainable_backbone_layers is not None:
         options["trainable_backbone_layers"] = trainable_backbone_layers
@@ -164,4 +155,8 @@ def build_detector(
     if family == "ssdlite" and min_size is not None:
         size = min_size if isinstance(min_size, int) else min(min_size)
         model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (size,), size, (size, size)
+    if weights_file:  # a whole detector (torchvision's, or a visiontrain run's): heads of another shape stay fresh
+        load_file(model, weights_file)
+    elif backbone_file:
+        load_file(model.backbone.body, backbone_file)
     return Detector(model, family, num_classes)

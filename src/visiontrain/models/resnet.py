@@ -18,16 +18,17 @@ def build_resnet(
     cifar_stem: bool = True,
     weights: str | None = None,
 ) -> nn.Module:
-    """ResNet-``depth``. ``cifar_stem`` keeps 32 px inputs at full resolution through the first stage."""
+    """ResNet-``depth``. ``cifar_stem`` keeps 32 px inputs at full resolution through the first stage;
+    ``weights``: a torchvision weights name or a local file (visiontrain.models.weights)."""
     if depth not in DEPTHS:
         raise UserError(f"model.net.depth={depth} is not a torchvision ResNet; choose one of {sorted(DEPTHS)}.")
     name = DEPTHS[depth]
     model = models.get_model(name, weights=None, num_classes=num_classes)
-    if weights:
-        load_torchvision_weights(name, weights, model)
     if cifar_stem:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if weights:  # after the stem change: a first conv of another shape stays freshly initialised
+        load_torchvision_weights(name, weights, model)
     return model

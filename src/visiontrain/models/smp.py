@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from visiontrain.errors import UserError
+from visiontrain.models.weights import is_file, load_file
 
 
 def build_smp_model(
@@ -16,12 +17,14 @@ def build_smp_model(
     num_classes: int = 2,
     **kwargs,
 ) -> nn.Module:
+    """``encoder_weights``: smp's name (``imagenet``, downloaded by smp) or a local file loaded into ``encoder``."""
     import segmentation_models_pytorch as smp
 
+    from_file = encoder_weights if is_file(encoder_weights) else None
     try:
-        return smp.create_model(
-            arch, encoder_name=encoder_name, encoder_weights=encoder_weights, in_channels=in_channels,
-            classes=num_classes, **kwargs,
+        model = smp.create_model(
+            arch, encoder_name=encoder_name, encoder_weights=None if from_file else encoder_weights,
+            in_channels=in_channels, classes=num_classes, **kwargs,
         )  # fmt: skip
     except KeyError as err:
         raise UserError(f"segmentation_models_pytorch: {err.args[0] if err.args else err}") from err
@@ -30,5 +33,9 @@ def build_smp_model(
             raise
         raise UserError(
             f"could not load {encoder_name} encoder weights {encoder_weights!r} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:160]}); without a network use model.net.encoder_weights=null."
+            f"{str(err).splitlines()[0][:160]}); without a network, pass a local file instead: "
+            "model.net.encoder_weights=/path/to/weights.pth (or null to train from scratch)."
         ) from err
+    if from_file:
+        load_file(model.encoder, from_file)
+    return model

@@ -10,6 +10,7 @@ from visiontrain.models.weights import load_torchvision_weights
 
 
 def build_torchvision_classifier(name: str, num_classes: int, weights: str | None = None, **kwargs) -> nn.Module:
+    """``weights``: a torchvision weights name or a local file (visiontrain.models.weights)."""
     available = models.list_models(module=models)
     if name not in available:
         raise UserError(f"model.net.name={name!r} is not a torchvision classifier; available: {', '.join(available)}.")

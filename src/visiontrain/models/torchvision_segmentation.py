@@ -6,7 +6,7 @@ from torch import nn
 from torchvision import models
 
 from visiontrain.errors import UserError
-from visiontrain.models.weights import load_torchvision_weights
+from visiontrain.models.weights import is_file, load_file, load_torchvision_weights
 
 BACKBONES = {
     "fcn": ("resnet50", "resnet101"),
@@ -32,7 +32,7 @@ def build_torchvision_segmentation(
     name = f"{arch}_{backbone}"
     # torchvision's builders default to ImageNet backbone weights: say None explicitly for "from scratch"
     kwargs = {"weights_backbone": None} if arch == "lraspp" else {"weights_backbone": None, "aux_loss": aux_loss}
-    if weights_backbone:
+    if weights_backbone and not is_file(weights_backbone):
         try:
             kwargs["weights_backbone"] = models.get_model_weights(backbone)[weights_backbone]
         except KeyError as err:
@@ -42,8 +42,10 @@ def build_torchvision_segmentation(
     except (OSError, RuntimeError) as err:  # the backbone's weights could not be fetched
         raise UserError(
             f"could not download torchvision weights {backbone}.{weights_backbone} ({type(err).__name__}); "
-            "without a network, put the file in $TORCH_HOME/hub/checkpoints/ or set model.net.weights_backbone=null."
+            "without a network, pass a local file: model.net.weights_backbone=/path/to/weights.pth (or null)."
         ) from err
+    if is_file(weights_backbone):
+        load_file(model.backbone, weights_backbone)
     if weights:
-        load_torchvision_weights(name, weights, model)
+        load_torchvision_weights(name, weights, model, option="model.net.weights")
     return model

@@ -11,6 +11,7 @@ from lightning import LightningModule
 from torch import nn
 
 from visiontrain.errors import UserError
+from visiontrain.models.parts import backbone_and_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -18,7 +19,16 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 class VisionTask(LightningModule):
     """Base of the task modules. Subclasses call ``save_hyperparameters(ignore=["net", "optimizer",
-    "scheduler"])`` so only plain values are saved and checkpoints load with ``weights_only=True``."""
+    "scheduler"])`` so only plain values are saved and checkpoints load with ``weights_only=True``.
+
+    ``**architecture``: the network's headline options (``weights``, ``name``, ``pretrained``,
+    ``weights_file``), repeated at the model level so the command line stays short (``model.weights=...``);
+    the network config reads them by interpolation (``weights: ${..weights}``). Plain values only.
+    """
+
+    # the backbone's learning rate relative to the head's; set by visiontrain.finetune.StagedFinetuning
+    # before the optimizer is built. None: one learning rate, no backbone/head parameter groups.
+    backbone_lr_scale: float | None = None
 
     def __init__(
         self,
@@ -28,8 +38,15 @@ class VisionTask(LightningModule):
         num_classes: int,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
+        **architecture: Any,
     ) -> None:
         super().__init__()
+        for key, value in architecture.items():
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise UserError(
+                    f"model.{key} must be a plain value (a name, a path, a number), not {type(value).__name__}."
+                )
+        self.architecture = architecture
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -77,16 +94,36 @@ class VisionTask(LightningModule):
             )
 
     # --- optimisation ---------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        trainable = [p for p in self.net.parameters() if p.requires_grad]
-        if self.decay_norm_and_bias:
-            params = trainable
-        else:  # the usual recipe: no weight decay on norm scales and biases
-            params = [
+    def parameter_groups(self) -> list[dict[str, Any]] | list[nn.Parameter]:
+        """The optimizer's parameters. No weight decay on norm scales and biases unless ``decay_norm_and_bias``;
+        with staged fine-tuning, named groups ``backbone``, ``backbone/no_decay``, ``head``, ``head/no_decay``
+        (the names LearningRateMonitor logs under), the backbone's carrying ``lr_scale``. Parameters frozen
+        for a stage stay in their group: without a gradient, the optimizer leaves them (and their weight decay
+        and momentum) alone."""
+        if self.backbone_lr_scale is None:
+            trainable = [p for p in self.net.parameters() if p.requires_grad]
+            if self.decay_norm_and_bias:
+                return trainable
+            return [
                 {"params": [p for p in trainable if p.ndim > 1]},
                 {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
             ]
-        optimizer = self.optimizer_factory(params=params)
+        groups = []
+        for part, named, scale in zip(("backbone", "head"), backbone_and_head(self.net), (self.backbone_lr_scale, 1.0)):
+            trainable = [p for _, p in named if p.requires_grad]
+            splits = [(part, trainable, {})]
+            if not self.decay_norm_and_bias:
+                splits = [
+                    (part, [p for p in trainable if p.ndim > 1], {}),
+                    (f"{part}/no_decay", [p for p in trainable if p.ndim <= 1], {"weight_decay": 0.0}),
+                ]
+            groups += [{"params": ps, "name": name, "lr_scale": scale, **extra} for name, ps, extra in splits if ps]
+        return groups
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)

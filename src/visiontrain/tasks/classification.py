@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -43,8 +45,9 @@ class ClassificationModule(VisionTask):
         decay_norm_and_bias: bool = False,
         compile: bool = False,
         test_images_logged: int = 32,
+        **architecture: Any,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile)
+        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 

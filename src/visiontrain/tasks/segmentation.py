@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,8 +66,9 @@ class SegmentationModule(VisionTask):
         compile: bool = False,
         overlay_every_n_epochs: int = 1,
         overlay_images: int = 8,
+        **architecture: Any,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile)
+        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         if ce_weight <= 0 and dice_weight <= 0:
             raise UserError("model.ce_weight and model.dice_weight are both 0: there is no loss to train with.")
