@@ -1,9 +1,9 @@
 """Staged fine-tuning: the backbone frozen for the first epochs, then trained at a lower learning rate.
 
 Our own callback rather than Lightning's ``BackboneFinetuning``: that one adds the backbone as a new
-optimizer parameter group when it unfreezes it, which schedulers built at the start cannot follow
-(OneCycleLR fails on a group without its ``max_lr``; LambdaLR silently never schedules it) and which a
-resumed run's optimizer state does not have. Here every parameter is in its group (``backbone``/``head``,
+optimizer parameter group when it unfreezes it, which the schedulers built at the start cannot follow
+(torch 2.14: the next OneCycleLR step raises KeyError 'initial_lr', LambdaLR's a zip-length ValueError) and
+which a resumed run's optimizer state does not have. Here every parameter is in its group (``backbone``/``head``,
 see VisionTask.parameter_groups) from the first step, the backbone's at ``backbone_lr_scale`` x the lr;
 freezing only takes gradients away. The stage follows from ``trainer.current_epoch``, so a resumed run
 is in the stage its epoch belongs to.
@@ -72,10 +72,11 @@ class StagedFinetuning(Callback):
         pl_module.log("finetune/trainable_params", float(trainable), on_step=False, on_epoch=True)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        # Lightning puts the whole module back in train mode after validation: keep frozen norms in eval
+        # Lightning restores the modes modules had before validation: set the backbone's norms every batch
         self._set_norm_mode(self._frozen)
 
     def _set_norm_mode(self, frozen: bool | None) -> None:
-        if frozen and self.freeze_bn:
-            for module in self._backbone_norms:
-                module.eval()
+        training = not (frozen and self.freeze_bn)
+        for module in self._backbone_norms:
+            if module.training != training:
+                module.train(training)

@@ -86,7 +86,8 @@ def user_error_of(err: BaseException) -> UserError | None:
     while err is not None:
         if isinstance(err, UserError):
             return err
-        err = err.__cause__
+        # OmegaConf re-raises a resolver's error (e.g. best_checkpoint's) without chaining it as the cause
+        err = err.__cause__ or (err.__context__ if isinstance(err, InterpolationResolutionError) else None)
     return None
 
 
