@@ -200,7 +200,8 @@ def test_best_checkpoint_resolver_picks_the_newest_finished_run(make_config, tmp
 def test_best_checkpoint_error_is_one_line_on_the_command_line(tmp_path):
     from tests.conftest import run_cli
 
-    result = run_cli("train.py", ["experiment=pet_unet", f"paths.log_dir={tmp_path}", "init_from=${best_checkpoint:pennfudan_unet}"], tmp_path)  # fmt: skip
+    overrides = ["experiment=pet_unet", f"paths.log_dir={tmp_path}", "init_from=${best_checkpoint:pennfudan_unet}"]
+    result = run_cli("train.py", overrides, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: no finished pennfudan_unet run with a best checkpoint under {tmp_path}/pennfudan_unet/runs; "
