@@ -40,6 +40,7 @@ def test_groups_offer_the_documented_options():
         "debug",
         "hparams_search",
         "hydra/launcher",
+        "finetune",
     ):
         for option in options(group):
             assert f"`{option}`" in readme, f"README does not list {group}={option}"

@@ -122,3 +122,15 @@ def test_backbone_learning_rate_is_scaled_at_every_step(make_config, scheduler):
         optimizer.step()
         schedule.step()
     assert len(set(seen)) > 1  # the schedule did change the learning rates
+
+
+def test_finetune_staged_from_the_command_line_config(make_config, tmp_path, caplog):
+    import logging
+
+    from visiontrain.train import train
+
+    cfg = make_config("train", [*RESNET, "finetune=staged", "finetune.unfreeze_at_epoch=1", "debug=fdr"])
+    with caplog.at_level(logging.INFO, logger="visiontrain"):
+        metrics = train(cfg)
+    assert "test/acc" in metrics
+    assert "epoch 0: backbone frozen, 1539 trainable parameters; learning rates backbone=" in caplog.text
