@@ -13,17 +13,11 @@ from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from tests.test_train import DATA
 from visiontrain.finetune import StagedFinetuning
 from visiontrain.models.parts import backbone_and_head
 
-IMAGEFOLDER = [
-    "data=imagefolder",
-    "data.root=${paths.data_dir}/folders",
-    "data.num_classes=3",
-    "data.image_size=32",
-    "data.num_workers=0",
-    "data.batch_size=8",
-]
+IMAGEFOLDER = DATA["imagefolder"]  # 3 classes of 32 px images
 # SGD with momentum and weight decay on every parameter: a frozen parameter must still not move
 RESNET = ["model=resnet", "model.net.cifar_stem=false", "model.decay_norm_and_bias=true", *IMAGEFOLDER]
 

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from tests.test_train import DATA
 from visiontrain import inference
 from visiontrain.errors import UserError
 from visiontrain.models import weights
@@ -21,14 +22,7 @@ from visiontrain.models.smp import build_smp_model
 from visiontrain.models.timm_classifier import build_timm_classifier
 from visiontrain.train import train
 
-IMAGEFOLDER = [
-    "data=imagefolder",
-    "data.root=${paths.data_dir}/folders",
-    "data.num_classes=3",
-    "data.image_size=32",
-    "data.num_workers=0",
-    "data.batch_size=8",
-]
+IMAGEFOLDER = DATA["imagefolder"]  # 3 classes of 32 px images
 
 
 @pytest.fixture(scope="module")
