@@ -25,7 +25,8 @@ RESNET = ["model=resnet", "model.net.cifar_stem=false", "model.decay_norm_and_bi
 class Probe(Callback):
     """The network's state at the end of every training epoch, and the stage seen by its first batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_after_first_batch: bool = False) -> None:
+        self.stop_after_first_batch = stop_after_first_batch
         self.states: dict[int, dict[str, torch.Tensor]] = {}
         self.stage: dict[int, tuple[bool, bool]] = {}
 
@@ -36,6 +37,9 @@ class Probe(Callback):
                 pl_module.net.bn1.training,
             )
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        trainer.should_stop = trainer.should_stop or self.stop_after_first_batch
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.states[trainer.current_epoch] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
@@ -44,7 +48,7 @@ def fit(make_config, tmp_path, max_epochs: int, ckpt_path=None, logger=False):
     seed_everything(0)
     cfg = make_config("train", RESNET)
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    probe = Probe()
+    probe = Probe(stop_after_first_batch=ckpt_path is not None)  # a resumed run: its first batch tells the stage
     callbacks = [
         StagedFinetuning(unfreeze_at_epoch=2, backbone_lr_scale=0.1, freeze_bn=True),
         probe,
