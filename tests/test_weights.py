@@ -201,3 +201,35 @@ def test_best_checkpoint_error_is_one_line_on_the_command_line(tmp_path):
         f"error: no finished pennfudan_unet run with a best checkpoint under {tmp_path}/pennfudan_unet/runs; "
         "run python train.py experiment=pennfudan_unet first."
     )
+
+
+def test_a_detector_trained_with_weights_is_rebuilt_without_them(make_config, monkeypatch, tmp_path):
+    """torchvision freezes a detector's BatchNorm when weights are loaded; the checkpoint still rebuilds
+    (with ordinary BatchNorm, the same computation in eval mode) without the weights."""
+    from collections import OrderedDict
+
+    from torchvision.models._api import WeightsEnum
+
+    from visiontrain.callbacks import CONFIG_KEY
+
+    fresh = torchvision.models.mobilenet_v3_large().state_dict()
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *args, **kwargs: OrderedDict(fresh))
+    cfg = make_config("train", ["model=fasterrcnn", "model.net.variant=mobilenet_v3_large_320_fpn",
+                                "model.net.weights_backbone=IMAGENET1K_V1"])  # fmt: skip
+    resolved = OmegaConf.to_container(cfg.model, resolve=True)
+    trained = instantiate(resolved).eval()
+    assert not any(k.endswith("num_batches_tracked") for k in trained.state_dict() if ".backbone.body." in k)
+    path = tmp_path / "detector.ckpt"
+    stored = {"model_resolved": resolved, "preprocessing": {"resize": 64}, "task": "detection"}
+    torch.save({"state_dict": trained.state_dict(), "class_names": list("abcdefghij"), CONFIG_KEY: stored}, path)
+
+    def refuse(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse)
+    loaded = inference.load_checkpoint(path)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = trained.net.model.backbone(images)
+        rebuilt = loaded.module.net.model.backbone(images)
+    assert all(torch.allclose(expected[k], rebuilt[k], atol=1e-5) for k in expected)

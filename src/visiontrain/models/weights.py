@@ -233,12 +233,11 @@ def without_pretrained(config: Any) -> Any:
     """A (plain, nested) model config with every pretrained-weights option off: rebuilding a network whose
     weights then come from a checkpoint must not download or read other weights.
 
-    Detectors keep theirs: torchvision builds them differently with and without weights (frozen BatchNorm,
-    frozen stages), so the checkpoint only fits the network built the same way (from the torch hub cache).
+    A torchvision detector built with weights has frozen BatchNorm layers; rebuilt without, ordinary ones: the
+    same computation in eval mode, and the checkpoint loads (BatchNorm fills in the ``num_batches_tracked``
+    counters frozen BatchNorm does not save).
     """
     if isinstance(config, Mapping):
-        if str(config.get("_target_", "")).endswith("build_detector"):
-            return dict(config)
         out = {}
         for key, value in config.items():
             if key in PRETRAINED_KEYS and not isinstance(value, Mapping):
