@@ -132,3 +132,34 @@ def test_finetune_staged_from_the_command_line_config(make_config, tmp_path, cap
         metrics = train(cfg)
     assert "test/acc" in metrics
     assert "epoch 0: backbone frozen, 1539 trainable parameters; learning rates backbone=" in caplog.text
+
+
+def test_every_family_has_a_backbone_and_a_head():
+    import timm
+    from torchvision import models
+
+    from visiontrain.models.detection import build_detector
+    from visiontrain.models.smp import build_smp_model
+
+    nets = {
+        "torchvision classifier": (models.mobilenet_v3_small(num_classes=3), "features.", "classifier."),
+        "timm": (timm.create_model("resnet18", num_classes=3), "layer1.", "fc."),
+        "smp": (build_smp_model("Unet", "resnet18", num_classes=2), "encoder.", "decoder."),
+        "torchvision segmentation": (
+            models.segmentation.lraspp_mobilenet_v3_large(num_classes=2, weights_backbone=None),
+            "backbone.",
+            "classifier.",
+        ),
+        "detector": (
+            build_detector("fasterrcnn", "mobilenet_v3_large_320_fpn", num_classes=1),
+            "model.backbone.body.",
+            "model.roi_heads.",
+        ),
+    }
+    for family, (net, backbone_prefix, head_prefix) in nets.items():
+        backbone, head = backbone_and_head(net)
+        assert backbone and head, family
+        assert any(n.startswith(backbone_prefix) for n, _ in backbone), family
+        assert all(not n.startswith(backbone_prefix) for n, _ in head), family
+        assert any(n.startswith(head_prefix) for n, _ in head), family
+        assert len(backbone) + len(head) == len(list(net.parameters())), family

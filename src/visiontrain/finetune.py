@@ -39,6 +39,13 @@ class StagedFinetuning(Callback):
         self._frozen: bool | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        ddp_options = getattr(trainer.strategy, "_ddp_kwargs", None)
+        if ddp_options is not None and not ddp_options.get("find_unused_parameters"):
+            # DDP waits for a gradient of every parameter that required one when it wrapped the model
+            raise UserError(
+                "finetune=staged under DDP needs trainer.strategy=ddp_find_unused_parameters_true: "
+                "the frozen backbone gets no gradients."
+            )
         net = pl_module.net
         is_backbone = in_backbone(net)
         # parameters a model keeps frozen by its own design (a detector's first stages) stay frozen
