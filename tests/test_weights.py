@@ -37,6 +37,7 @@ def resnet18_file(tmp_path_factory):
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """Every download fails as it does without a network, with empty caches."""
+    import segmentation_models_pytorch.encoders as smp_encoders
     import timm.models._hub
 
     def refuse(*args, **kwargs):
@@ -46,6 +47,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(timm.models._hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", refuse)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -129,6 +131,10 @@ def test_weights_by_name_offline_is_one_sentence_naming_the_file_option(offline)
     assert "model.weights=/path/to/resnet18-f37072fd.pth" in message and "\n" not in message
     with pytest.raises(UserError, match=r"could not download timm weights for resnet18 .*model.weights_file="):
         build_timm_classifier("resnet18", num_classes=3, pretrained=True)
+    with pytest.raises(
+        UserError, match=r"could not load resnet18 encoder weights 'imagenet' .*encoder_weights=/path/to"
+    ):
+        build_smp_model("Unet", "resnet18", encoder_weights="imagenet", num_classes=2)
 
 
 def test_timm_pretrained_from_a_local_file(tmp_path):
