@@ -180,7 +180,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The parts of the config that define the experiment, flattened."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    return flatten({key: container[key] for key in ("data", "model", "trainer", "seed") if key in container})
+    keys = ("data", "model", "trainer", "seed", "init_from", "finetune")  # the last two: transfer experiments
+    return flatten({key: container[key] for key in keys if key in container})
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
