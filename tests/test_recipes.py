@@ -113,7 +113,12 @@ def expected_ema(start: dict[str, torch.Tensor] | None, steps, decay: float) -> 
 
 
 # no scheduler: a OneCycle schedule cannot be extended by the second epoch of the resumed run
-EMA_RUN = ["model.scheduler=null", "callbacks=ema", "callbacks.ema.decay=0.5", "+callbacks.recorder._target_=tests.test_recipes.WeightRecorder"]
+EMA_RUN = [
+    "model.scheduler=null",
+    "callbacks=ema",
+    "callbacks.ema.decay=0.5",
+    "+callbacks.recorder._target_=tests.test_recipes.WeightRecorder",
+]
 
 
 def validation_loss(cfg, state_dict: dict[str, torch.Tensor]) -> float:
@@ -129,7 +134,9 @@ def validation_loss(cfg, state_dict: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize(("stored", "validate"), [("ema", True), ("raw", False)])
 def test_ema_checkpoint_holds_the_average_and_resume_continues_it(make_config, stored, validate):
     WeightRecorder.steps.clear()
-    cfg = make_config("train", RUN + EMA_RUN + [f"callbacks.ema.checkpoint={stored}", f"callbacks.ema.validate={validate}"])
+    cfg = make_config(
+        "train", RUN + EMA_RUN + [f"callbacks.ema.checkpoint={stored}", f"callbacks.ema.validate={validate}"]
+    )
     metrics = train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)

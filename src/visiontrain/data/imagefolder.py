@@ -8,9 +8,8 @@ augmented with ``torchvision.transforms.v2``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch

@@ -100,9 +100,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.augment = BatchAugment(
-            self.mean, self.std, crop_padding, hflip, augment, augment_options, random_erasing
-        )
+        self.augment = BatchAugment(self.mean, self.std, crop_padding, hflip, augment, augment_options, random_erasing)
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
