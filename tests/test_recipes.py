@@ -121,10 +121,11 @@ EMA_RUN = [
 ]
 
 
-def validation_loss(cfg, state_dict: dict[str, torch.Tensor]) -> float:
+def split_loss(cfg, state_dict: dict[str, torch.Tensor], split: str = "val") -> float:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    images, labels = datamodule.val_set.__getitems__(range(len(datamodule.val_set)))
+    dataset = getattr(datamodule, f"{split}_set")
+    images, labels = dataset.__getitems__(range(len(dataset)))
     model = instantiate(cfg.model)
     model.load_state_dict(state_dict)
     with torch.no_grad():
@@ -134,9 +135,8 @@ def validation_loss(cfg, state_dict: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize(("stored", "validate"), [("ema", True), ("raw", False)])
 def test_ema_checkpoint_holds_the_average_and_resume_continues_it(make_config, stored, validate):
     WeightRecorder.steps.clear()
-    cfg = make_config(
-        "train", RUN + EMA_RUN + [f"callbacks.ema.checkpoint={stored}", f"callbacks.ema.validate={validate}"]
-    )
+    options = [f"callbacks.ema.checkpoint={stored}", f"callbacks.ema.validate={validate}"]
+    cfg = make_config("train", RUN + EMA_RUN + options + ["test=true"])
     metrics = train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
@@ -149,14 +149,15 @@ def test_ema_checkpoint_holds_the_average_and_resume_continues_it(make_config, s
     assert all(not torch.allclose(ema[n], raw[n]) for n in WeightRecorder.steps[0] if n.endswith("weight"))
     assert int(checkpoint["averaging_state"]["n_averaged"]) == 3
     # validation ran on the weights chosen by callbacks.ema.validate
-    assert metrics["val/loss"] == pytest.approx(validation_loss(cfg, ema if validate else raw), rel=1e-4)
-    assert metrics["val/loss"] != pytest.approx(validation_loss(cfg, raw if validate else ema), rel=1e-4)
+    assert metrics["val/loss"] == pytest.approx(split_loss(cfg, ema if validate else raw), rel=1e-4)
+    assert metrics["val/loss"] != pytest.approx(split_loss(cfg, raw if validate else ema), rel=1e-4)
+    # the test after training used the weights of the checkpoint's state_dict
+    assert metrics["test/loss"] == pytest.approx(split_loss(cfg, checkpoint["state_dict"], "test"), rel=1e-4)
 
     # resume for a second epoch: the average continues from the saved one, the raw weights from the raw ones
     saved = {n: ema[n] for n in WeightRecorder.steps[0]}
     WeightRecorder.steps.clear()
-    resumed = make_config("train", RUN + EMA_RUN + [f"callbacks.ema.checkpoint={stored}", f"ckpt_path={last}",
-                                                   "trainer.max_epochs=2"])  # fmt: skip
+    resumed = make_config("train", RUN + EMA_RUN + options + [f"ckpt_path={last}", "trainer.max_epochs=2"])
     train(resumed)
     after = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     for name, value in expected_ema(saved, WeightRecorder.steps, 0.5).items():
