@@ -200,3 +200,24 @@ def write_mask_folder(root: Path, n: int = 20, size=(48, 64), num_classes: int =
         Image.fromarray(image).save(base / "images" / f"scene_{i:03d}.png")
         save_palette_png(base / "masks" / f"scene_{i:03d}.png", mask)
     return root
+
+
+PET_BREEDS = (("Abyssinian", 1, 1), ("american_bulldog", 2, 2), ("Bengal", 6, 1))  # name, CLASS-ID, SPECIES
+
+
+def write_oxford_pet_breeds(root: Path, n_trainval: int = 6, n_test: int = 3, size: int = 40) -> Path:
+    """``root/images/<Breed>_<n>.jpg`` and the official ``annotations/{trainval,test}.txt`` lines
+    (``Image CLASS-ID SPECIES BREED-ID``) for three breeds with non-contiguous CLASS-IDs, as in the shared subset."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    lines = {"trainval.txt": [], "test.txt": []}
+    for k, (breed, class_id, species) in enumerate(PET_BREEDS):
+        images, _ = class_images(n_trainval + n_test, size, 3, num_classes=1, seed=300 + k)
+        for i, image in enumerate(images):
+            image[:, : size // 4 * (k + 1)] = 220  # each breed: a bright band of its own width
+            name = f"{breed}_{i + 1}"
+            Image.fromarray(image).save(root / "images" / f"{name}.jpg", quality=95)
+            lines["trainval.txt" if i < n_trainval else "test.txt"].append(f"{name} {class_id} {species} {k + 1}")
+    for file, entries in lines.items():
+        (root / "annotations" / file).write_text("\n".join(entries) + "\n")
+    return root

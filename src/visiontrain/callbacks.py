@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+
+from visiontrain.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "visiontrain_config"
 
@@ -113,3 +121,153 @@ class ContinuedTensorBoardRun(Callback):
                 writer = logger.experiment._get_file_writer()
                 writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
                 writer.flush()
+
+
+class EMA(EMAWeightAveraging):
+    """Exponential moving average of the weights (and BatchNorm statistics), updated after optimizer steps.
+
+    Lightning's ``EMAWeightAveraging`` does the averaging, the warm-up (``update_starting_at_step``) and
+    the resume of the average (it is stored in the checkpoint). Subclassed to make its fixed choices
+    configurable and to keep our checkpoints whole:
+
+    - ``validate``: validation (its metrics, the best-checkpoint choice, early stopping) runs on the EMA
+      weights; Lightning always does;
+    - ``checkpoint``: which weights a checkpoint's ``state_dict`` holds, the one that testing after training,
+      ``eval.py``, ``predict.py`` and export read: ``ema`` (the other set goes to ``current_model_state``,
+      Lightning's layout) or ``raw`` (the EMA then goes to ``ema_state_dict``); either way resume restores both;
+    - before the first update (warm-up: ``update_starting_at_step``) the EMA is the raw weights, not the
+      initial ones Lightning would validate and save;
+    - testing a checkpoint (also in the process that trained) uses its ``state_dict``, whichever it holds;
+    - entries of the state dict that are not averaged (persistent metric states such as ``val_acc_best``)
+      are the module's current ones, not those of the copy taken when training began.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        validate: bool = True,
+        checkpoint: str = "ema",
+        device: str | None = None,
+    ) -> None:
+        if not 0.0 < decay < 1.0:
+            raise UserError(f"callbacks.ema.decay={decay}: give a value between 0 and 1 (e.g. 0.999).")
+        if checkpoint not in ("ema", "raw"):
+            raise UserError(f"callbacks.ema.checkpoint={checkpoint!r}: choose 'ema' or 'raw'.")
+        super().__init__(
+            device=device,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+        )
+        self.validate = validate
+        self.checkpoint = checkpoint
+        self._swapped = False
+
+    def has_average(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._swapped = self.validate and self.has_average()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # after training the module holds the weights its checkpoints hold
+        if self.checkpoint == "ema" and self.has_average():
+            self._copy_average_to_current(pl_module)
+
+    def ema_state_dict(self, current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``current`` (the module's state dict) with the averaged parameters and buffers in place of the raw ones."""
+        if not self.has_average():
+            return dict(current)
+        module = self._average_model.module
+        averaged = dict(itertools.chain(module.named_parameters(), module.named_buffers()))
+        return {name: averaged[name].detach() if name in averaged else value for name, value in current.items()}
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:  # outside fit: nothing averaged to store
+            return
+        ema = self.ema_state_dict(checkpoint["state_dict"])
+        if self.checkpoint == "ema":
+            checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], ema
+        else:
+            checkpoint["ema_state_dict"] = ema
+        average_state = self._average_model.state_dict()
+        checkpoint["averaging_state"] = {n: v for n, v in average_state.items() if not n.startswith("module.")}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this for trainer.test(ckpt_path=...) too, where its version would put the raw weights
+        # back into the module after fit: testing must use the weights of the checkpoint's state_dict
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._average_model is None or "ema_state_dict" not in checkpoint:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)  # Lightning's layout, or no EMA yet
+            return
+        average_state = {"module." + name: value for name, value in checkpoint["ema_state_dict"].items()}
+        self._average_model.load_state_dict(average_state | checkpoint["averaging_state"])
+
+
+class AugmentedBatchToTensorBoard(Callback):
+    """Write the first training batch as the network receives it (after the datamodule's augmentation
+    and the task's MixUp/CutMix), denormalised, as an image grid to TensorBoard (``train/augmented_batch``).
+
+    Captured by a forward pre-hook on the task's network during that batch, so it sees exactly the
+    network's input whatever the datamodule or task; falls back to the batch's images.
+    """
+
+    def __init__(self, max_images: int = 32, images_per_row: int = 8) -> None:
+        self.max_images = max_images
+        self.images_per_row = images_per_row
+        self._captured: Any = None
+        self._hook = None
+        self._done = False
+        self._step = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._done or not trainer.is_global_zero:
+            return
+        network = getattr(pl_module, "net", pl_module)
+        self._step = trainer.global_step  # the step this batch trains (global_step counts it once it is done)
+        self._hook = network.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: torch.nn.Module, args: tuple) -> None:
+        if self._captured is None and args:
+            self._captured = args[0]
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook, self._done = None, True
+        images = self._captured if self._captured is not None else batch[0]
+        self._captured = None
+        grid = self.grid(images, getattr(trainer.datamodule, "preprocessing", None) or {})
+        writers = [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
+        if not writers:
+            log.warning("debug=augment: no TensorBoard logger, so the augmented batch is not written")
+        for writer in writers:
+            writer.add_image("train/augmented_batch", grid, global_step=self._step)
+            writer.flush()
+
+    def grid(self, images: torch.Tensor | list[torch.Tensor], spec: dict[str, Any]) -> torch.Tensor:
+        """Images normalised with the datamodule's mean/std (if any) -> one [0, 1] grid image."""
+        from torchvision.utils import make_grid
+
+        images = [image.detach().float().cpu() for image in images[: self.max_images]]
+        if "mean" in spec:
+            mean = torch.tensor(spec["mean"]).view(-1, 1, 1)
+            std = torch.tensor(spec["std"]).view(-1, 1, 1)
+            images = [image * std + mean for image in images]
+        height = max(image.shape[-2] for image in images)
+        width = max(image.shape[-1] for image in images)  # detection batches: images of different sizes
+        padded = [torch.nn.functional.pad(i, (0, width - i.shape[-1], 0, height - i.shape[-2])) for i in images]
+        return make_grid(torch.stack(padded).clamp(0, 1), nrow=self.images_per_row, padding=2)

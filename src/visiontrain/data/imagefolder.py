@@ -8,15 +8,16 @@ augmented with ``torchvision.transforms.v2``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
 
-from visiontrain import preprocessing
+from visiontrain.data.augmentation import image_classification_transforms
 from visiontrain.data.base import SplitDataModule
 from visiontrain.errors import UserError
 
@@ -35,10 +36,12 @@ def load_rgb(path: str) -> Image.Image:
         raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
 
 
-class ImageFolderDataModule(SplitDataModule):
+class RGBClassificationDataModule(SplitDataModule):
+    """Decoded-per-sample RGB classification data: the options, transforms and input shape that
+    ``ImageFolderDataModule`` and ``OxfordPetBreedsDataModule`` share; subclasses build the splits."""
+
     def __init__(
         self,
-        root: str,
         num_classes: int,
         image_size: int = 224,
         num_channels: int = 3,
@@ -51,11 +54,14 @@ class ImageFolderDataModule(SplitDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         hflip: bool = True,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        augment: str = "none",
+        augment_options: Mapping[str, Mapping[str, Any]] | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         super().__init__()
         if num_channels != 3:
-            raise UserError(f"data.num_channels={num_channels}: image folders are read as RGB, set it to 3.")
-        self.root = Path(root)
+            raise UserError(f"data.num_channels={num_channels}: these images are read as RGB, set it to 3.")
         self.num_classes = num_classes
         self.image_size = image_size
         self.batch_size = batch_size
@@ -65,13 +71,8 @@ class ImageFolderDataModule(SplitDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.num_channels = 3
-        self.name = f"the image folder {root}"
-        self.preprocessing = preprocessing.center_crop(image_size, round(image_size / 0.875), mean, std)
-        normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-        flip = [v2.RandomHorizontalFlip()] if hflip else []
-        self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), *flip, *normalize])
-        self.eval_transform = v2.Compose(
-            [v2.Resize(self.preprocessing["resize"], antialias=True), v2.CenterCrop(image_size), *normalize]
+        self.train_transform, self.eval_transform, self.preprocessing = image_classification_transforms(
+            image_size, mean, std, hflip, crop_scale, augment, augment_options, random_erasing
         )
         self.class_names: tuple[str, ...] = ()
         self.train_set = self.val_set = self.test_set = None
@@ -79,6 +80,20 @@ class ImageFolderDataModule(SplitDataModule):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
+
+    def held_out_order(self, n: int) -> tuple[int, list[int]]:
+        """How many of ``n`` training samples validation holds out, and the seeded order (val first)."""
+        n_val = max(1, round(self.val_fraction * n))
+        if n_val >= n:
+            raise UserError(f"data.val_fraction={self.val_fraction} leaves no training images out of {n}.")
+        return n_val, torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+
+
+class ImageFolderDataModule(RGBClassificationDataModule):
+    def __init__(self, root: str, num_classes: int, **kwargs) -> None:
+        super().__init__(num_classes, **kwargs)
+        self.root = Path(root)
+        self.name = f"the image folder {root}"
 
     @property
     def has_test_split(self) -> bool:
@@ -111,8 +126,7 @@ class ImageFolderDataModule(SplitDataModule):
         if (self.root / "val").is_dir():
             self.train_set, self.val_set = train, self._folder("val", self.eval_transform)
         else:
-            n_val = max(1, round(self.val_fraction * len(train)))
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+            n_val, order = self.held_out_order(len(train))
             eval_view = ImageFolder(str(self.root / "train"), transform=self.eval_transform, loader=load_rgb)
             self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(eval_view, order[:n_val])
             log.info(

@@ -9,7 +9,8 @@ No per-sample PIL decoding, no per-sample Python transform: this is where the sp
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -75,6 +76,9 @@ class InMemoryClassificationDataModule(SplitDataModule):
         download: bool = True,
         crop_padding: int = 0,
         hflip: bool = False,
+        augment: str = "none",
+        augment_options: Mapping[str, Mapping[str, Any]] | None = None,
+        random_erasing: float = 0.0,
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
@@ -96,7 +100,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.augment = BatchAugment(self.mean, self.std, crop_padding=crop_padding, hflip=hflip)
+        self.augment = BatchAugment(self.mean, self.std, crop_padding, hflip, augment, augment_options, random_erasing)
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None

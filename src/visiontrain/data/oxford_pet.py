@@ -14,15 +14,44 @@ from visiontrain.data.segmentation import MaskMapping, SegmentationDataModule, p
 from visiontrain.errors import UserError
 
 
-def read_split_file(path: Path) -> list[str]:
-    """Image names, the first field of each line (``Image CLASS-ID SPECIES BREED-ID``)."""
-    names = []
+def read_split_lines(path: Path) -> list[list[str]]:
+    """The fields of each line (``Image CLASS-ID SPECIES BREED-ID``) of an official split file."""
+    if not path.is_file():
+        raise UserError(f"split file {path} does not exist.")
+    rows = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip() and not line.startswith("#"):
-            names.append(line.split()[0])
+            rows.append(line.split())
         elif line.strip() == "" and number == 1:
             raise UserError(f"{path} starts with an empty line; expected 'Image CLASS-ID SPECIES BREED-ID' lines.")
-    return names
+    return rows
+
+
+def read_split_file(path: Path) -> list[str]:
+    """Image names, the first field of each line."""
+    return [row[0] for row in read_split_lines(path)]
+
+
+def ensure_pet_files(root: Path, needed: tuple[str, ...], download: bool, target_types: str) -> None:
+    """Check ``needed`` (paths under ``root``) exist; else try torchvision's download; else one sentence."""
+
+    def missing() -> list[str]:
+        return [n for n in needed if not (root / n).exists()]
+
+    if not missing():
+        return
+    import torchvision
+
+    # torchvision downloads into <parent>/oxford-iiit-pet
+    reason = download_attempt(
+        download,
+        lambda: torchvision.datasets.OxfordIIITPet(str(root.parent), target_types=target_types, download=True),
+    )
+    if missing():
+        raise UserError(
+            f"Oxford-IIIT Pet not found: {root} lacks {', '.join(missing())} and {reason}; put the official "
+            "images.tar.gz and annotations.tar.gz, extracted, in a folder named oxford-iiit-pet and set data.root."
+        )
 
 
 class OxfordPetDataModule(SegmentationDataModule):
@@ -43,28 +72,9 @@ class OxfordPetDataModule(SegmentationDataModule):
         self.val_fraction = val_fraction
         self.mask_mapping = MaskMapping({1: 1, 2: 0, 3: 2 if border == "class" else self.ignore_index}, others=None)
 
-    def _missing(self) -> list[str]:
-        needed = ("images", "annotations/trimaps", "annotations/trainval.txt", "annotations/test.txt")
-        return [n for n in needed if not (self.root / n).exists()]
-
     def ensure_files(self, download: bool) -> None:
-        if not self._missing():
-            return
-        import torchvision
-
-        # torchvision downloads into <parent>/oxford-iiit-pet
-        reason = download_attempt(
-            download,
-            lambda: torchvision.datasets.OxfordIIITPet(
-                str(self.root.parent), target_types="segmentation", download=True
-            ),
-        )
-        missing = self._missing()
-        if missing:
-            raise UserError(
-                f"Oxford-IIIT Pet not found: {self.root} lacks {', '.join(missing)} and {reason}; put the official "
-                "images.tar.gz and annotations.tar.gz, extracted, in a folder named oxford-iiit-pet and set data.root."
-            )
+        needed = ("images", "annotations/trimaps", "annotations/trainval.txt", "annotations/test.txt")
+        ensure_pet_files(self.root, needed, download, target_types="segmentation")
 
     def split_pairs(self) -> dict[str, list]:
         annotations = self.root / "annotations"

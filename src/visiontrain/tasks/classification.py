@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchvision.transforms import v2
 
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
@@ -26,6 +27,18 @@ def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollecti
     return MetricCollection(metrics)
 
 
+def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
+    """MixUp and/or CutMix (one of them drawn per batch when both are on, as torchvision's references do)."""
+    for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            raise UserError(f"model.{key}={alpha}: give 0 (off) or a positive Beta-distribution parameter.")
+    mixes = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+    mixes += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 class ClassificationModule(VisionTask):
     """Cross-entropy training of ``net``; accuracy (top-1/top-5), per-class accuracy and confusion matrix at test.
 
@@ -42,6 +55,8 @@ class ClassificationModule(VisionTask):
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
         test_images_logged: int = 32,
@@ -49,7 +64,9 @@ class ClassificationModule(VisionTask):
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        # takes class indices and, under MixUp/CutMix, soft targets (then smoothed on top of the mixing)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.batch_mixing = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
 
         # a NaN training loss should show as NaN, not be checked for on every step
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -81,8 +98,10 @@ class ClassificationModule(VisionTask):
     # --- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        # the loss learns from the mixed images' soft targets; train accuracy counts the hard labels
+        images, targets = self.batch_mixing(images, labels) if self.batch_mixing is not None else (images, labels)
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(logits, targets)
         self.train_loss.update(loss.detach())
         self.train_metrics.update(logits.detach(), labels)
         # only on the steps the loggers write (trainer.log_every_n_steps): self.log costs ~0.5 ms per call
