@@ -145,12 +145,13 @@ def test_a_detector_that_detects_differently_is_refused(faster_rcnn, shapes, tmp
         export(export_config(faster_rcnn, tmp_path / "y.onnx", f"input={shapes / 'test'}"))
 
 
+@pytest.mark.slow  # a ResNet-50 Mask R-CNN trained two steps, exported and run: ~45 s on 2 cores
 def test_mask_rcnn_onnx_masks_equal_pytorch_and_predict_writes_the_same_rle(tmp_path):
     root = detection_formats.write_coco_splits(tmp_path / "shapes", n_train=4, n_val=2, n_test=2)
     data = [*coco_data(root), "data.masks=true", "trainer.limit_train_batches=2"]
     ckpt = trained_checkpoint(tmp_path, data, "maskrcnn")
     summary = export(export_config(ckpt, tmp_path / "mrcnn.onnx", f"input={root / 'test'}"))
-    assert summary["detections"] >= 2 * 10 and 0 < summary["max_mask_difference"] < 0.01
+    assert summary["detections"] >= 2 * 10 and summary["max_mask_difference"] < 0.01
 
     via_ckpt = predictions(f"ckpt_path={ckpt}", root / "test", tmp_path / "ckpt")
     via_onnx = predictions(f"model_path={tmp_path / 'mrcnn.onnx'}", root / "test", tmp_path / "onnx")
