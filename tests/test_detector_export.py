@@ -101,6 +101,7 @@ def test_faster_rcnn_onnx_equals_pytorch_and_predicts_the_same_coco_results(fast
     assert info["task"] == "detection" and info["class_names"] == ["rectangle", "ellipse", "triangle"]
     assert info["category_ids"] == [3, 17, 90] and info["exporter"] == "torch.onnx.export(dynamo=False)"
     assert info["opset"] == 17
+    assert torch.load(faster_rcnn, weights_only=True)["category_ids"] == [3, 17, 90]  # the data's own ids
 
     # the test images come in two sizes (128x96, 96x128); the file was exported with the first image only
     via_ckpt = predictions(f"ckpt_path={faster_rcnn}", shapes / "test", tmp_path / "ckpt")  # in one batch
@@ -143,6 +144,14 @@ def test_a_detector_that_detects_differently_is_refused(faster_rcnn, shapes, tmp
     monkeypatch.setattr(export_module, "load_onnx", drops_the_best_detection)
     with pytest.raises(UserError, match="detects differently from the PyTorch model: 2 detections without a partner"):
         export(export_config(faster_rcnn, tmp_path / "y.onnx", f"input={shapes / 'test'}"))
+
+    def tracer_gives_up(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nmore lines")
+
+    monkeypatch.setattr(torch.onnx, "export", tracer_gives_up)
+    expected = r"the fasterrcnn detector cannot be exported to ONNX \(RuntimeError: Unsupported: ONNX export of "
+    with pytest.raises(UserError, match=expected + r"operator foo\); predict.py ckpt_path="):
+        export(export_config(faster_rcnn, tmp_path / "z.onnx"))
 
 
 @pytest.mark.slow  # a ResNet-50 Mask R-CNN trained two steps, exported and run: ~45 s on 2 cores

@@ -82,12 +82,19 @@ def export_detector_onnx(model: LoadedModel, image: torch.Tensor, path: Path) ->
     """One image ``(3, H, W)`` in, with height and width variable; boxes, labels, scores (and masks) out."""
     outputs = [name for name in DETECTION_OUTPUTS if name != "masks" or model.module.net.predicts_masks]
     dynamic_axes = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: torchvision's code expects them
-        torch.onnx.export(
-            model.module, (image,), str(path), dynamo=False, opset_version=DETECTOR_OPSET, input_names=["image"],
-            output_names=outputs, dynamic_axes=dynamic_axes,
-        )  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values: torchvision's code expects them
+            torch.onnx.export(
+                model.module, (image,), str(path), dynamo=False, opset_version=DETECTOR_OPSET,
+                input_names=["image"], output_names=outputs, dynamic_axes=dynamic_axes,
+            )  # fmt: skip
+    except Exception as err:  # a family or option the tracer cannot follow: say which, in one sentence
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UserError(
+            f"the {model.module.net.family} detector cannot be exported to ONNX ({type(err).__name__}: {reason}); "
+            "predict.py ckpt_path=... runs it from the checkpoint."
+        ) from err
     finish_onnx(model, path, "torch.onnx.export(dynamo=False)")
 
 
