@@ -21,7 +21,7 @@ from visiontrain.train import train
 QUIET = ["extras.print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
 # a few optimizer steps on small images: scores spread out (not the ties of random weights), yet fast
 SHORT_RUN = ["data.num_workers=0", "data.batch_size=2", "trainer.accelerator=cpu", "trainer.max_epochs=1",
-             "trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "test=false", "model.val_images_logged=0",
+             "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "test=false", "model.val_images_logged=0",
              "model.optimizer.lr=0.02", "model.net.min_size=96", "model.net.max_size=128",
              "model.net.box_score_thresh=0.0", "model.net.detections_per_img=20",
              "+model.net.rpn_pre_nms_top_n_test=100", "+model.net.rpn_post_nms_top_n_test=100"]  # fmt: skip
@@ -120,8 +120,9 @@ def test_faster_rcnn_onnx_equals_pytorch_and_predicts_the_same_coco_results(fast
 
 
 def test_faster_rcnn_torchscript_equals_pytorch(faster_rcnn, shapes, tmp_path):
-    # random images of two shapes (240x320, 320x240): the trace keeps the size variable
-    summary = export(export_config(faster_rcnn, tmp_path / "frcnn.pt", "format=torchscript"))
+    # images of two shapes (128x96, 96x128): the trace keeps the size variable
+    cfg = export_config(faster_rcnn, tmp_path / "frcnn.pt", "format=torchscript", f"input={shapes / 'test'}")
+    summary = export(cfg)
     assert summary["detections"] >= 2 * 10 and summary["max_box_difference"] < 0.05
     via_ts = predictions(f"model_path={tmp_path / 'frcnn.pt'}", shapes / "test", tmp_path / "ts")
     assert len({r["image_id"] for r in via_ts}) == 4 and {r["category_id"] for r in via_ts} <= {3, 17, 90}
