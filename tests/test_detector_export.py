@@ -109,8 +109,7 @@ def test_faster_rcnn_onnx_equals_pytorch_and_predicts_the_same_coco_results(fast
     assert {r["category_id"] for r in via_ckpt} <= {3, 17, 90} and len(via_ckpt) >= 40
     assert {(r["category_id"], r["category_name"]) for r in via_ckpt} <= {(3, "rectangle"), (17, "ellipse"),
                                                                           (90, "triangle")}  # fmt: skip
-    detector = type("Cut", (), {"box_score_thresh": 0.0, "detections_per_img": 20})()
-    worst = match_detections(as_tensors(via_ckpt), as_tensors(via_onnx), detector, 1e-3, 0.05)
+    worst = match_detections(as_tensors(via_ckpt), as_tensors(via_onnx), 0.0, 20, 1e-3, 0.05)
     assert worst["unmatched"] == 0 and worst["matched"] >= 40 and worst["boxes"] < 0.05
 
     for results in ("ckpt", "onnx"):

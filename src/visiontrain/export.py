@@ -122,7 +122,8 @@ def export_torchscript(model: LoadedModel, example: torch.Tensor, path: Path) ->
 def match_detections(
     expected: list[dict[str, torch.Tensor]],
     got: list[dict[str, torch.Tensor]],
-    detector: torch.nn.Module,
+    score_thresh: float,
+    detections_per_img: int,
     score_tolerance: float,
     box_tolerance: float,
 ) -> dict[str, float]:
@@ -132,16 +133,16 @@ def match_detections(
 
     Pairs are found by content, not position: detections with (nearly) equal scores may come in either
     order. A detection whose score is within ``score_tolerance`` of a cut-off (the detector's
-    ``box_score_thresh``, or the lowest kept score once ``detections_per_img`` are kept) may rightly be
+    ``score_thresh``, or the lowest kept score once ``detections_per_img`` are kept) may rightly be
     kept on one side only, and is not counted as unmatched.
     """
+
+    def edge(prediction: dict[str, torch.Tensor]) -> float:
+        full = len(prediction["scores"]) >= detections_per_img
+        return float(prediction["scores"].min()) if full else score_thresh
+
     worst = {"boxes": 0.0, "scores": 0.0, "masks": 0.0, "matched": 0, "unmatched": 0}
     for ref, out in zip(expected, got):
-
-        def edge(prediction: dict[str, torch.Tensor]) -> float:
-            full = len(prediction["scores"]) >= detector.detections_per_img
-            return float(prediction["scores"].min()) if full else detector.box_score_thresh
-
         cutoff = max(edge(ref), edge(out)) + score_tolerance
         free = torch.ones(len(out["scores"]), dtype=torch.bool)
         for k in range(len(ref["scores"])):
@@ -181,8 +182,10 @@ def export_detector(cfg: DictConfig, model: LoadedModel, path: Path) -> dict[str
     else:
         export_torchscript(model, images[0], path)
         exported = load_torchscript(path)
+    net = model.module.net
+    cut_offs = (net.box_score_thresh, net.detections_per_img)
     worst = match_detections(
-        model.run(images), exported.run(images), model.module.net, options.tolerance, options.box_tolerance
+        model.run(images), exported.run(images), *cut_offs, options.tolerance, options.box_tolerance
     )
     sizes = ", ".join(sorted({"x".join(map(str, image.shape[1:])) for image in images}))
     print(
