@@ -1,7 +1,9 @@
 """Inference throughput, PyTorch eager vs onnxruntime, in one run: images/s at batch 1 and batch 32.
 
-Models are built from their configs with random weights (throughput does not depend on the values),
-exported with the same code as ``export.py`` and timed on the same inputs on this machine's CPU.
+Models are built from their configs with random weights (throughput does not depend on the values;
+for the detector it depends a little on how many boxes pass the score threshold), exported with the
+same code as ``export.py`` and timed on the same inputs on this machine's CPU. The detector takes a
+list of images in PyTorch (one padded batch) and one image per call in onnxruntime (32 calls).
 
     python bench/inference.py [--seconds 3]
 """
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from visiontrain.inference import LoadedModel, Logits, load_onnx
+from visiontrain import preprocessing
+from visiontrain.inference import Detections, LoadedModel, Logits, load_onnx
+from visiontrain.models.detection import build_detector
 from visiontrain.models.resnet import build_resnet
 from visiontrain.models.simple_cnn import SimpleCNN
 
@@ -28,6 +32,10 @@ MODELS = {
         (3, 224, 224),
     ),
 }
+
+
+DETECTOR = "fasterrcnn mobilenet_v3_large_320_fpn (3x240x320)"
+DETECTOR_SHAPE = (3, 240, 320)  # resized inside the model to 320x427 (shorter side 320)
 
 
 def images_per_second(run, batch: torch.Tensor, seconds: float) -> float:
@@ -43,10 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
     args = parser.parse_args()
-    from visiontrain.export import export_onnx
+    from visiontrain.export import export_detector_onnx, export_onnx
 
     print(f"threads: {torch.get_num_threads()}  (images/s; higher is better)")
-    print(f"{'model':38s} {'batch':>5s} {'eager':>9s} {'onnxruntime':>12s} {'ratio':>6s}")
+    print(f"{'model':52s} {'batch':>5s} {'eager':>9s} {'onnxruntime':>12s} {'ratio':>6s}")
     for name, (build, shape) in MODELS.items():
         module = Logits(build()).eval()
         spec = {"channels": shape[0], "mode": "exact", "size": shape[1], "mean": [0.5], "std": [0.5]}
@@ -61,7 +69,20 @@ def main() -> None:
             with torch.inference_mode():
                 eager = images_per_second(module, batch, args.seconds)
             ort = images_per_second(session.run, batch, args.seconds)
-            print(f"{name:38s} {batch_size:5d} {eager:9.1f} {ort:12.1f} {ort / eager:6.2f}")
+            print(f"{name:52s} {batch_size:5d} {eager:9.1f} {ort:12.1f} {ort / eager:6.2f}")
+
+    # a detector: COCO's 90 classes, the default Faster R-CNN variant and its default input size
+    module = Detections(build_detector("fasterrcnn", "mobilenet_v3_large_320_fpn", num_classes=90)).eval()
+    loaded = LoadedModel("detection", [str(c) for c in range(1, 91)], preprocessing.as_is(), module, "bench", module)
+    path = Path(tempfile.mkdtemp()) / "detector.onnx"
+    export_detector_onnx(loaded, torch.rand(DETECTOR_SHAPE), path)
+    session = load_onnx(path)
+    for batch_size in (1, 32):
+        images = list(torch.rand(batch_size, *DETECTOR_SHAPE))
+        with torch.inference_mode():
+            eager = images_per_second(module.net, images, args.seconds)
+        ort = images_per_second(session.run, images, args.seconds)
+        print(f"{DETECTOR:52s} {batch_size:5d} {eager:9.1f} {ort:12.1f} {ort / eager:6.2f}")
 
 
 if __name__ == "__main__":

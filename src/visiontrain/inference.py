@@ -33,6 +33,28 @@ class Logits(torch.nn.Module):
         return output["out"] if isinstance(output, dict) else output
 
 
+DETECTION_OUTPUTS = ("boxes", "labels", "scores", "masks")
+
+
+class Detections(torch.nn.Module):
+    """A detector on ONE image ``(3, H, W)`` of any size, values in [0, 1], returning a tuple
+    ``(boxes, labels, scores[, masks])`` with labels ``1..K``: the exported form (ONNX and TorchScript
+    take tensors, not lists of dicts). Several images are several calls."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.net([image])[0]
+        return tuple(output[name] for name in DETECTION_OUTPUTS if name in output)
+
+
+def as_detections(outputs: Any) -> dict[str, torch.Tensor]:
+    """An exported detector's output tuple (tensors or arrays) -> the ``{boxes, labels, scores[, masks]}`` dict."""
+    return {name: torch.as_tensor(value) for name, value in zip(DETECTION_OUTPUTS, outputs)}
+
+
 @dataclass
 class LoadedModel:
     task: str
@@ -41,10 +63,14 @@ class LoadedModel:
     # normalised batch (N, C, H, W) -> logits; detection: a list of images -> a list of {boxes, labels, scores[, masks]}
     run: Callable[[Any], Any]
     source: str
-    module: torch.nn.Module | None = None  # the network (``Logits``), when loaded from a checkpoint
+    module: torch.nn.Module | None = None  # the network (``Logits`` / ``Detections``), when loaded from a checkpoint
+    category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K (COCO's are sparse)
 
     def metadata(self) -> dict[str, Any]:
-        return {"task": self.task, "class_names": self.class_names, "preprocessing": self.preprocessing}
+        info = {"task": self.task, "class_names": self.class_names, "preprocessing": self.preprocessing}
+        if self.category_ids is not None:
+            info["category_ids"] = self.category_ids
+        return info
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
@@ -61,17 +87,25 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
     task_module = instantiate(without_pretrained(stored["model_resolved"]))
     task_module.load_state_dict(checkpoint["state_dict"])
-    module = Logits(task_module.net).eval().to(device)
+    detection = stored["task"] == "detection"
+    module = (Detections if detection else Logits)(task_module.net).eval().to(device)
 
     @torch.no_grad()
     def run(images: torch.Tensor | list[torch.Tensor]) -> Any:
-        if isinstance(images, list):  # detectors: variable-size images in, one dict per image out
-            outputs = module([image.to(device, non_blocking=True) for image in images])
-            return [{key: value.cpu() for key, value in output.items()} for output in outputs]
+        if detection:  # variable-size images in, one dict per image out
+            # batched only with images of the same size: a batch pads its images to a common size, which
+            # would make an image's detections depend on its neighbours (and differ from the exported file's)
+            outputs: list[Any] = [None] * len(images)
+            for shape in {tuple(image.shape) for image in images}:
+                same = [k for k, image in enumerate(images) if tuple(image.shape) == shape]
+                for k, output in zip(same, module.net([images[k].to(device, non_blocking=True) for k in same])):
+                    outputs[k] = {key: value.cpu() for key, value in output.items()}
+            return outputs
         return module(images.to(device, non_blocking=True)).float().cpu()
 
     names = checkpoint.get("class_names") or [str(i) for i in range(stored["model_resolved"]["num_classes"])]
-    return LoadedModel(stored["task"], list(names), stored["preprocessing"], run, str(path), module)
+    category_ids = checkpoint.get("category_ids", list(range(1, len(names) + 1))) if detection else None
+    return LoadedModel(stored["task"], list(names), stored["preprocessing"], run, str(path), module, category_ids)
 
 
 def load_onnx(path: str | Path) -> LoadedModel:
@@ -89,6 +123,12 @@ def load_onnx(path: str | Path) -> LoadedModel:
     model_input = session.get_inputs()[0]
     fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
 
+    def run_detector(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        # one image (3, H, W) of any size per call
+        return [
+            as_detections(session.run(None, {model_input.name: image.numpy().astype(np.float32)})) for image in images
+        ]
+
     def run(images: torch.Tensor) -> torch.Tensor:
         array = images.numpy().astype(np.float32)
         if fixed_batch is None:
@@ -101,7 +141,15 @@ def load_onnx(path: str | Path) -> LoadedModel:
             outputs.append(session.run(None, {model_input.name: padded})[0][: len(chunk)])
         return torch.from_numpy(np.concatenate(outputs))
 
-    return LoadedModel(info["task"], info["class_names"], info["preprocessing"], run, str(path))
+    return loaded_from_metadata(info, run_detector if info["task"] == "detection" else run, path)
+
+
+def loaded_from_metadata(info: dict[str, Any], run: Callable[[Any], Any], path: Path) -> LoadedModel:
+    """An exported file's model, described by the metadata ``LoadedModel.metadata`` wrote into it."""
+    category_ids = info.get("category_ids") if info["task"] == "detection" else None
+    if info["task"] == "detection" and category_ids is None:
+        category_ids = list(range(1, len(info["class_names"]) + 1))
+    return LoadedModel(info["task"], info["class_names"], info["preprocessing"], run, str(path), None, category_ids)
 
 
 def load_torchscript(path: str | Path) -> LoadedModel:
@@ -116,10 +164,12 @@ def load_torchscript(path: str | Path) -> LoadedModel:
     info = json.loads(extra[f"{METADATA_KEY}.json"])
 
     @torch.no_grad()
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: torch.Tensor | list[torch.Tensor]) -> Any:
+        if info["task"] == "detection":  # one image per call, as exported
+            return [as_detections(scripted(image)) for image in images]
         return scripted(images)
 
-    return LoadedModel(info["task"], info["class_names"], info["preprocessing"], run, str(path))
+    return loaded_from_metadata(info, run, path)
 
 
 def load_model(ckpt_path: str | None = None, model_path: str | None = None, device: str = "cpu") -> LoadedModel:

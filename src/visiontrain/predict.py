@@ -103,12 +103,14 @@ class SegmentationWriter:
 
 
 class DetectionWriter:
-    """``predictions.json`` in the COCO results format (plus the file name; RLE masks for Mask R-CNN)
-    and a copy of each image with its boxes (and masks) drawn and labelled."""
+    """``predictions.json`` in the COCO results format (plus the file name; RLE masks for Mask R-CNN) with
+    the dataset's own category ids (sparse for COCO data; 1..K otherwise), and a copy of each image with
+    its boxes (and masks) drawn and labelled."""
 
     def __init__(self, output: Path, model: LoadedModel, options: DictConfig) -> None:
         self.output = output
         self.names = model.class_names
+        self.category_ids = model.category_ids or list(range(1, len(self.names) + 1))
         self.threshold = options.score_threshold
         self.results: list[dict] = []
         self.image_id = 0
@@ -123,7 +125,7 @@ class DetectionWriter:
         for k, (box, label, score) in enumerate(zip(boxes.tolist(), labels.tolist(), scores.tolist())):
             x0, y0, x1, y1 = box
             entry = {
-                "image_id": self.image_id, "file": str(path), "category_id": int(label),
+                "image_id": self.image_id, "file": str(path), "category_id": self.category_ids[label - 1],
                 "category_name": self.names[label - 1], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
             }  # fmt: skip
             if masks is not None:

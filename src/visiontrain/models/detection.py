@@ -52,12 +52,22 @@ class Detector(nn.Module):
     (``boxes``, ``labels``, ``scores`` and for Mask R-CNN ``masks``) per image in eval mode.
     """
 
-    def __init__(self, model: nn.Module, family: str, num_classes: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        family: str,
+        num_classes: int,
+        box_score_thresh: float = 0.05,
+        detections_per_img: int = 100,
+    ) -> None:
         super().__init__()
         self.model = model
         self.family = family
         self.num_classes = num_classes
         self.label_offset = 1 if family in SIGMOID_FAMILIES else 0
+        # the cut-offs applied inside the model (export.py needs them to tell edge cases from errors)
+        self.box_score_thresh = box_score_thresh
+        self.detections_per_img = detections_per_img
 
     @property
     def predicts_masks(self) -> bool:
@@ -159,4 +169,4 @@ def build_detector(
         load_file(model, weights_file)
     elif backbone_file:
         load_file(model.backbone.body, backbone_file)
-    return Detector(model, family, num_classes)
+    return Detector(model, family, num_classes, box_score_thresh, detections_per_img)

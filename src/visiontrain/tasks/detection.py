@@ -112,6 +112,8 @@ class DetectionModule(VisionTask):
         super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.class_names = [str(i) for i in range(1, num_classes + 1)]  # labels 1..K; 0 is background
+        # the dataset's own id of each label (COCO's are sparse); saved in checkpoints for predict/export
+        self.category_ids = list(range(1, num_classes + 1))
         predicts_masks = bool(getattr(net, "predicts_masks", False))
         if masks != predicts_masks:
             raise UserError(
@@ -146,6 +148,17 @@ class DetectionModule(VisionTask):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.hparams.masks and datamodule is not None and not getattr(datamodule, "with_masks", True):
             raise UserError("the model predicts instance masks but the data is read without them; set data.masks=true.")
+        category_ids = getattr(datamodule, "category_ids", None)
+        if category_ids and len(category_ids) == len(self.category_ids):
+            self.category_ids = [int(i) for i in category_ids]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["category_ids"] = list(self.category_ids)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.category_ids = list(checkpoint.get("category_ids", self.category_ids))
 
     def forward(self, images: list[torch.Tensor], targets: list[Target] | None = None) -> Any:
         return self.net(images, targets)
