@@ -163,3 +163,48 @@ def test_every_family_has_a_backbone_and_a_head():
         assert all(not n.startswith(backbone_prefix) for n, _ in head), family
         assert any(n.startswith(head_prefix) for n, _ in head), family
         assert len(backbone) + len(head) == len(list(net.parameters())), family
+
+
+def test_detector_backbone_is_the_pretrained_body_not_the_new_fpn_or_extras():
+    from visiontrain.models.detection import build_detector
+
+    for family, variant, backbone_prefix, new_prefix in (
+        ("fasterrcnn", "mobilenet_v3_large_320_fpn", "model.backbone.body.", "model.backbone.fpn."),
+        ("ssdlite", "mobilenet_v3_large", "model.backbone.features.", "model.backbone.extra."),
+    ):
+        backbone, head = backbone_and_head(build_detector(family, variant, num_classes=1))
+        assert all(n.startswith(backbone_prefix) for n, _ in backbone), family
+        assert any(n.startswith(new_prefix) for n, _ in head), family
+
+
+def test_backbone_tensors_the_weights_did_not_fill_are_not_frozen(tmp_path):
+    from torchvision import models
+
+    from visiontrain.models.resnet import build_resnet
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(models.resnet18().state_dict(), weights)
+    # the CIFAR stem's 3x3 conv1 cannot take the file's 7x7 one: it stays freshly initialised
+    net = build_resnet(depth=18, num_classes=3, cifar_stem=True, weights=str(weights))
+    callback = StagedFinetuning(unfreeze_at_epoch=1)
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(), current_epoch=0, optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])]
+    )
+    module = SimpleNamespace(net=net, log=lambda *args, **kwargs: None)
+    callback.setup(trainer, module, "fit")
+    callback.on_train_epoch_start(trainer, module)
+    assert net.conv1.weight.requires_grad  # fresh: trains from the start
+    assert not net.layer1[0].conv1.weight.requires_grad and not net.bn1.weight.requires_grad  # loaded: frozen
+    assert net.fc.weight.requires_grad  # the head
+
+
+def test_one_cycle_takes_runs_of_a_few_steps():
+    from visiontrain.optim import one_cycle
+
+    for total_steps in (1, 2, 3, 4, 5):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = one_cycle(optimizer, total_steps, pct_start=0.25)
+        for _ in range(total_steps):
+            optimizer.step()
+            scheduler.step()
+        assert 0 < optimizer.param_groups[0]["lr"] <= 0.1

@@ -239,3 +239,14 @@ def test_a_detector_trained_with_weights_is_rebuilt_without_them(make_config, mo
         expected = trained.net.model.backbone(images)
         rebuilt = loaded.module.net.model.backbone(images)
     assert all(torch.allclose(expected[k], rebuilt[k], atol=1e-5) for k in expected)
+
+
+def test_ssdlite_refuses_a_backbone_file_in_one_sentence(tmp_path):
+    from torchvision import models
+
+    from visiontrain.models.detection import build_detector
+
+    weights = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(models.mobilenet_v3_large().state_dict(), weights)
+    with pytest.raises(UserError, match="SSDlite cannot take a backbone weights file"):
+        build_detector("ssdlite", "mobilenet_v3_large", num_classes=1, weights_backbone=str(weights))

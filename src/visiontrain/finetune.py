@@ -11,16 +11,14 @@ is in the stage its epoch belongs to.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from visiontrain.errors import UserError
 from visiontrain.models.parts import in_backbone
-
-log = logging.getLogger("visiontrain")
 
 
 class StagedFinetuning(Callback):
@@ -40,7 +38,7 @@ class StagedFinetuning(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         ddp_options = getattr(trainer.strategy, "_ddp_kwargs", None)
-        if ddp_options is not None and not ddp_options.get("find_unused_parameters"):
+        if self.unfreeze_at_epoch > 0 and ddp_options is not None and not ddp_options.get("find_unused_parameters"):
             # DDP waits for a gradient of every parameter that required one when it wrapped the model
             raise UserError(
                 "finetune=staged under DDP needs trainer.strategy=ddp_find_unused_parameters_true: "
@@ -49,7 +47,17 @@ class StagedFinetuning(Callback):
         net = pl_module.net
         is_backbone = in_backbone(net)
         # parameters a model keeps frozen by its own design (a detector's first stages) stay frozen
-        self._backbone = [p for name, p in net.named_parameters() if is_backbone(name) and p.requires_grad]
+        backbone = [p for name, p in net.named_parameters() if is_backbone(name) and p.requires_grad]
+        # when the weights came through visiontrain's loader, it marked what it loaded: backbone tensors left
+        # freshly initialised (a CIFAR stem, another number of input channels) train from the start
+        if any(getattr(p, "loaded_weights", False) for p in net.parameters()):
+            fresh = [p for p in backbone if not getattr(p, "loaded_weights", False)]
+            if fresh:
+                rank_zero_info(
+                    f"finetune: {len(fresh)} backbone tensors were not loaded from weights and train from the start"
+                )
+            backbone = [p for p in backbone if getattr(p, "loaded_weights", False)]
+        self._backbone = backbone
         self._backbone_norms = [
             m
             for name, m in net.named_modules()
@@ -71,10 +79,10 @@ class StagedFinetuning(Callback):
                 f"{group.get('name', i)}={group['lr']:.3g}"
                 for i, group in enumerate(trainer.optimizers[0].param_groups)
             )
-            log.info(
-                "epoch %d: backbone %s, %d trainable parameters; learning rates %s",
-                trainer.current_epoch, "frozen" if frozen else "trainable", trainable, lrs,
-            )  # fmt: skip
+            rank_zero_info(
+                f"epoch {trainer.current_epoch}: backbone {'frozen' if frozen else 'trainable'}, "
+                f"{trainable} trainable parameters; learning rates {lrs}"
+            )
             self._frozen = frozen
         pl_module.log("finetune/trainable_params", float(trainable), on_step=False, on_epoch=True)
 

@@ -34,6 +34,11 @@ def step_decay(optimizer: Optimizer, total_steps: int, step_fraction: float = 0.
 def one_cycle(optimizer: Optimizer, total_steps: int, **kwargs) -> OneCycleLR:
     """OneCycleLR peaking at each parameter group's own learning rate: with discriminative learning rates
     (a backbone at ``backbone_lr_scale`` x the head's) one ``max_lr`` for all groups would erase them."""
+    if total_steps >= 3:
+        # OneCycleLR divides by each phase's length (pct_start * total_steps - 1 steps, then the rest): a run of
+        # a few steps (a debug run) could make one zero; keep both phases at least one step long
+        pct_start = kwargs.pop("pct_start", 0.3)
+        kwargs["pct_start"] = min(max(pct_start, 2 / total_steps), (total_steps - 1) / total_steps)
     return OneCycleLR(
         optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, **kwargs
     )

@@ -132,6 +132,14 @@ def build_detector(
 
     weights_file = weights if is_file(weights) else None
     backbone_file = weights_backbone if is_file(weights_backbone) else None
+    if backbone_file and family == "ssdlite":
+        # torchvision splits MobileNetV3's layers into SSDlite's two feature stages; a file keyed by
+        # MobileNetV3's names does not map onto them by name
+        raise UserError(
+            "SSDlite cannot take a backbone weights file (model.net.weights_backbone): pass the backbone by name "
+            "(IMAGENET1K_V1; offline, with its file in $TORCH_HOME/hub/checkpoints) or a whole SSDlite file as "
+            "model.net.weights."
+        )
     if weights_file or backbone_file:  # a local file: built as from scratch, then the file's tensors loaded
         weights = weights_backbone = None
     if weights:  # into the torch hub cache once (or one sentence offline); the builder below reads it there

@@ -15,7 +15,8 @@ def backbone_prefix_and_head(net: nn.Module) -> tuple[str | None, tuple[str, ...
     """``(backbone prefix, head prefixes)`` of ``net``'s parameter names: the backbone is everything under
     the prefix, or (prefix None) everything outside the head prefixes."""
     if hasattr(net, "family") and isinstance(getattr(net, "model", None), nn.Module):  # visiontrain's Detector
-        return "model.backbone.", ()
+        # the pretrained network inside the backbone; the FPN (SSDlite: the extra blocks) is built new
+        return ("model.backbone.features." if net.family == "ssdlite" else "model.backbone.body."), ()
     if isinstance(getattr(net, "encoder", None), nn.Module) and hasattr(net, "decoder"):  # segmentation_models_pytorch
         return "encoder.", ()
     if isinstance(getattr(net, "backbone", None), nn.Module):  # torchvision segmentation and detection models

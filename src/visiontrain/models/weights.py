@@ -190,6 +190,10 @@ def load_matching(
     with torch.no_grad():
         for key, tensor in updates.items():
             own[key].copy_(tensor.to(own[key].dtype))
+    parameters = dict(module.named_parameters())
+    for key in updates:
+        if key in parameters:  # staged fine-tuning freezes these, not the tensors left freshly initialised
+            parameters[key].loaded_weights = True
     return report
 
 
