@@ -250,3 +250,17 @@ def test_ssdlite_refuses_a_backbone_file_in_one_sentence(tmp_path):
     torch.save(models.mobilenet_v3_large().state_dict(), weights)
     with pytest.raises(UserError, match="SSDlite cannot take a backbone weights file"):
         build_detector("ssdlite", "mobilenet_v3_large", num_classes=1, weights_backbone=str(weights))
+
+
+def test_timm_weights_file_adapts_the_first_conv_to_other_input_channels(tmp_path):
+    import timm
+    from timm.models import adapt_input_conv
+
+    from visiontrain.models.timm_classifier import build_timm_classifier
+
+    source = timm.create_model("resnet18", num_classes=10)
+    file = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), file)
+    net = build_timm_classifier("resnet18", 5, in_channels=1, pretrained=True, weights_file=str(file))
+    assert torch.equal(net.conv1.weight, adapt_input_conv(1, source.conv1.weight.detach()))  # summed over RGB
+    assert torch.equal(net.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
