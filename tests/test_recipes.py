@@ -170,3 +170,5 @@ def test_ema_options_are_checked():
         EMA(decay=1.5)
     with pytest.raises(UserError, match="callbacks.ema.checkpoint='both'"):
         EMA(checkpoint="both")
+    with pytest.raises(UserError, match="validate=false with callbacks.ema.checkpoint=ema"):
+        EMA(checkpoint="ema", validate=False)

@@ -155,6 +155,11 @@ class EMA(EMAWeightAveraging):
             raise UserError(f"callbacks.ema.decay={decay}: give a value between 0 and 1 (e.g. 0.999).")
         if checkpoint not in ("ema", "raw"):
             raise UserError(f"callbacks.ema.checkpoint={checkpoint!r}: choose 'ema' or 'raw'.")
+        if checkpoint == "ema" and not validate:
+            raise UserError(
+                "callbacks.ema.validate=false with callbacks.ema.checkpoint=ema would choose the best checkpoint "
+                "by the raw weights' score but save the EMA weights; set checkpoint=raw or validate=true."
+            )
         super().__init__(
             device=device,
             decay=decay,
@@ -167,6 +172,12 @@ class EMA(EMAWeightAveraging):
 
     def has_average(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning builds the average in setup(), before the strategy moves the module to its device (a GPU):
+        # "with the model" (device=null) means where the model is now, or every update would cross devices
+        if self._device is None and self._average_model is not None:
+            self._average_model.to(pl_module.device)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._swapped = self.validate and self.has_average()
