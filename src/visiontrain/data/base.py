@@ -1,5 +1,5 @@
-"""What every datamodule shares: loaders for its three splits, and the download attempt that
-ends in one sentence when the files cannot be had."""
+"""What every datamodule shares: loaders for its three splits, the download attempt that ends in one
+sentence when the files cannot be had, and the RGB image loader that names a file it cannot decode."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning import LightningDataModule
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from visiontrain.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """PIL loader that names the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:
+        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
 
 
 def download_attempt(download: bool, fetch: Callable[[], Any]) -> str:

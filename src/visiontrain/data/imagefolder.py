@@ -13,27 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from visiontrain.data.augmentation import image_classification_transforms
-from visiontrain.data.base import SplitDataModule
+from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """PIL loader that names the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as err:
-        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
 
 
 class RGBClassificationDataModule(SplitDataModule):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from visiontrain.data.imagefolder import RGBClassificationDataModule, load_rgb
+from visiontrain.data.base import load_rgb
+from visiontrain.data.imagefolder import RGBClassificationDataModule
 from visiontrain.data.oxford_pet import ensure_pet_files, read_split_lines
 from visiontrain.errors import UserError
 

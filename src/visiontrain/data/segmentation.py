@@ -20,24 +20,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from visiontrain import preprocessing
-from visiontrain.data.base import SplitDataModule
+from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 Pair = tuple[Path, Path]
-
-
-def read_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as err:
-        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
 
 
 def read_index_mask(path: Path) -> np.ndarray:
@@ -124,7 +114,7 @@ class SegmentationFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
-        image = read_rgb(image_path)
+        image = load_rgb(str(image_path))
         values = read_index_mask(mask_path)
         if values.shape != (image.height, image.width):
             raise UserError(
