@@ -3,6 +3,9 @@ seeds, each run's wall time (start-up included) and its test metric on the offic
 
     DATA_DIR=<folder with PennFudanPed/ and oxford-iiit-pet/> python bench/transfer.py [--seeds 1 2 3] [--arms ...]
 
+The segmentation recipes alone, with their experiments' seed (42):
+``python bench/transfer.py --arms pennfudan_unet pet_unet --seeds 42``.
+
 Runs go to outputs/bench/transfer/outputs/<task_name>/runs/. The arms run in the order below: a transfer
 arm starts from the best checkpoint of the newest run of its source (``${best_checkpoint:...}``), so the
 sources run first (pennfudan_unet once, with its experiment's seed; pet_unet's last seed is the source
@@ -23,6 +26,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 WORKDIR = PROJECT / "outputs" / "bench" / "transfer"
 BREEDS = ["experiment=pet_breeds_resnet18"]
+SECONDARY = ("test/pixel_acc", "test/dice")  # printed beside a segmentation run's mIoU
 
 # name -> (overrides, metric, seeded); "seeded": run once per --seeds value, else once as configured
 ARMS: dict[str, tuple[list[str], str, bool]] = {
@@ -92,7 +96,8 @@ def main() -> None:
             metrics, wall = run(overrides + ([f"seed={seed}"] if seed is not None else []))
             values.append(metrics[metric])
             walls.append(wall)
-            print(f"{name} seed={seed or 'config'}: {metric} {metrics[metric]:.4f}, wall {wall:.0f} s", flush=True)
+            figures = ", ".join(f"{key} {metrics[key]:.4f}" for key in (metric, *SECONDARY) if key in metrics)
+            print(f"{name} seed={seed or 'config'}: {figures}, wall {wall:.0f} s", flush=True)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append((name, metric, statistics.mean(values), spread, values, statistics.mean(walls)))
 
