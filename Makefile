@@ -6,10 +6,10 @@ install:  ## install the package with its dev tools (editable)
 	$(PYTHON) -m pip install -e ".[dev]"
 
 test:  ## the fast suite (a few minutes on 2 CPU cores); real-data tests run when DATA_DIR holds the data
-	$(PYTHON) -m pytest -m "not slow" -q
+	$(PYTHON) -m pytest -m "not slow" --durations=10
 
 test-all:  ## everything, including the slow end-to-end runs
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest --durations=10
 
 lint:
 	$(PYTHON) -m ruff check src tests bench train.py eval.py
