@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
+import urllib.error
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests import formats
+from visiontrain.data.base import load_rgb, read_rgb
 from visiontrain.data.batch_transforms import BatchAugment, random_crop, random_hflip
 from visiontrain.data.cifar10 import CIFAR10DataModule
 from visiontrain.data.imagefolder import ImageFolderDataModule
@@ -21,8 +27,7 @@ def mnist(data_dir, **kwargs) -> MNISTDataModule:
         num_classes=10,
         num_channels=1,
         image_size=28,
-        download=False,
-        **{"val_size": 100, **kwargs},
+        **{"val_size": 100, "download": False, **kwargs},
     )
 
 
@@ -32,8 +37,7 @@ def cifar(data_dir, **kwargs) -> CIFAR10DataModule:
         num_classes=10,
         num_channels=3,
         image_size=32,
-        download=False,
-        **{"val_size": 50, **kwargs},
+        **{"val_size": 50, "download": False, **kwargs},
     )
 
 
@@ -84,6 +88,7 @@ def test_cifar_archive_and_png_export_give_the_same_tensors(datasets):
 
 
 def test_missing_data_names_directory_and_files(tmp_path):
+    (tmp_path / "empty").mkdir()  # the folder exists; the files do not
     with pytest.raises(UserError) as err:
         mnist(tmp_path / "empty").prepare_data()
     message = str(err.value)
@@ -91,6 +96,81 @@ def test_missing_data_names_directory_and_files(tmp_path):
     assert "train-images-idx3-ubyte" in message and "download=false" in message
     with pytest.raises(UserError, match="CIFAR-10 not found.*cifar-10-batches-py.*PNG export"):
         cifar(tmp_path / "empty").prepare_data()
+
+
+@pytest.fixture
+def offline(monkeypatch) -> list[str]:
+    """torchvision's downloads fail as they do without a network (after making their folder, as the real
+    download_url does); returns the URLs asked for. No test downloads anything."""
+    import torchvision.datasets.utils
+
+    asked: list[str] = []
+
+    def unreachable(url, root, *args, **kwargs):
+        asked.append(url)
+        os.makedirs(root, exist_ok=True)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", unreachable)
+    return asked
+
+
+@pytest.mark.parametrize("make", [mnist, cifar])
+@pytest.mark.parametrize("download", [True, False])
+def test_a_data_folder_that_does_not_exist_is_named_and_not_left_behind(tmp_path, offline, make, download):
+    missing = tmp_path / "typo"
+    with pytest.raises(UserError) as err:
+        make(missing, download=download).prepare_data()
+    message = str(err.value)
+    assert f"the data folder {missing} does not exist" in message and "point DATA_DIR (or data.data_dir)" in message
+    # with downloads on, a user with a network gets the data; here the download fails and its tree is removed
+    assert not missing.exists() and bool(offline) == download
+    if download:
+        assert "the download failed (" in message
+
+
+def test_a_failed_download_names_folder_files_and_the_whole_reason(tmp_path, offline):
+    with pytest.raises(UserError) as err:
+        mnist(tmp_path, download=True).prepare_data()
+    message = str(err.value)
+    assert f"MNIST not found: {tmp_path / 'MNIST' / 'raw'} lacks train-images-idx3-ubyte[.gz]" in message
+    # torchvision puts the reason after "Error downloading <file>:" and a line break: all of it, on one line
+    assert "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got: <urlopen error [Errno -3] Temporary " in message
+    assert "\n" not in message and offline
+
+    with pytest.raises(UserError) as err:
+        cifar(tmp_path, download=True).prepare_data()
+    message = str(err.value)
+    assert f"CIFAR-10 not found: neither the python archive in {tmp_path / 'cifar-10-batches-py'}" in message
+    assert "the download failed (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>)" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("broken.png", b"\x89PNG broken", "not a valid PNG image"),
+        ("cut.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "it is a damaged or truncated PNG image"),
+        ("notes.jpg", b"hello", "not a valid JPEG image"),
+        ("photo.png", b"\xff\xd8\xff\xe0 cut", "it is a damaged or truncated JPEG image"),
+        ("empty.png", b"", "the file is empty"),
+        ("data.xyz", b"hello", "not an image in a format read here (PNG, JPEG, GIF, BMP, TIFF, WebP)"),
+    ],
+)
+def test_undecodable_images_are_one_sentence_without_decoder_internals(tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    expected = re.escape(f"cannot decode image {path}: {problem}.") + "$"
+    with pytest.raises(UserError, match=expected):
+        read_rgb(path)
+    with pytest.raises(UserError, match=expected):
+        load_rgb(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_read_rgb_reads_what_predict_lists(tmp_path, suffix):
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / f"image{suffix}")
+    assert torch.equal(read_rgb(tmp_path / f"image{suffix}"), torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 def test_corrupt_files_are_named(tmp_path, datasets):
@@ -107,7 +187,7 @@ def test_corrupt_files_are_named(tmp_path, datasets):
     formats.write_cifar_png(png_root, n_train=40, n_test=20)
     broken = next((png_root / "test" / "cat").iterdir())
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(UserError, match=f"cannot decode image {broken}"):
+    with pytest.raises(UserError, match=f"cannot decode image {broken}: it is a damaged or truncated PNG image"):
         cifar(tmp_path / "none", png_dir=str(png_root), val_size=5).setup("fit")
 
 

@@ -30,7 +30,7 @@ def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, dataset
     (run,) = run_dirs(ddp)
     metrics = json.loads((run / "metrics.json").read_text())
     # rank 0 writes the records; the second process only has its own log
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
     assert {p.name for p in run.iterdir()} == {
         ".hydra",
         "checkpoints",

@@ -86,7 +86,7 @@ def test_backbone_frozen_then_trained_and_the_stage_restored_on_resume(make_conf
     trainable = [float(r["finetune/trainable_params"]) for r in rows if r.get("finetune/trainable_params")]
     head = sum(p.numel() for p in model.net.fc.parameters())
     assert trainable == [head, head, sum(p.numel() for p in model.net.parameters())]
-    lrs = [(float(r["lr-SGD/backbone"]), float(r["lr-SGD/head"])) for r in rows if r.get("lr-SGD/head")]
+    lrs = [(float(r["train/lr/backbone"]), float(r["train/lr/head"])) for r in rows if r.get("train/lr/head")]
     assert lrs and all(backbone_lr == pytest.approx(0.1 * head_lr) for backbone_lr, head_lr in lrs)
 
     # resumed from the end of epoch 0, epoch 1 is still frozen; from the end of epoch 1, epoch 2 is not

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests import formats
+from tests.conftest import run_cli
 from visiontrain.data.mnist import MNISTDataModule
 from visiontrain.errors import UserError
 from visiontrain.export import export
@@ -61,7 +62,9 @@ def test_classification_predictions_csv_and_eval_agreement(make_config, classifi
             predict_config(make_config, tmp_path / "p", ckpt_path=ckpt, input=images, **{"predict.topk": 3})
         )
     assert summary["images"] == 12 and summary["skipped"] == 1
-    assert f"skipped {images / 'zz_corrupt.png'}" in caplog.text and "12 images read, 1 skipped" in caplog.text
+    # the file and what is wrong with it, not the decoder's text (torchvision's names its build's source files)
+    assert f"cannot decode image {images / 'zz_corrupt.png'}: not a valid PNG image; skipped it" in caplog.text
+    assert ".cpp" not in caplog.text and "12 images read, 1 skipped" in caplog.text
 
     rows = read_csv(tmp_path / "p" / "predictions.csv")
     assert list(rows[0]) == ["file", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3"]
@@ -101,6 +104,56 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(make_config, classifi
     assert [r["class_1"] for r in via_onnx] == [r["class_1"] for r in via_ckpt]
     for a, b in zip(via_ckpt, via_onnx):
         assert float(a["probability_1"]) == pytest.approx(float(b["probability_1"]), abs=1e-4)
+
+
+@pytest.fixture
+def unconfigured_exporter_logs():
+    """The exporter's loggers as in a fresh process (nothing has quietened them yet), restored afterwards."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+
+
+def test_export_writes_into_its_own_run_folder_and_prints_only_our_lines(
+    make_config, classifier, tmp_path, caplog, capsys, unconfigured_exporter_logs
+):
+    ckpt, _ = classifier
+    caplog.set_level(logging.INFO)
+    export(make_config("export", [f"ckpt_path={ckpt}", "format=onnx"]))
+    exported = tmp_path / "run" / "last.onnx"  # the export's run folder (paths.output_dir), not the checkpoint's
+    assert exported.is_file() and not ckpt.with_suffix(".onnx").exists()
+    assert caplog.text.count(str(exported)) == 1
+    # the exporter's step-by-step INFO lines and progress prints stay out; only visiontrain's lines remain
+    assert {record.name for record in caplog.records} == {"visiontrain"}
+    assert "[torch.onnx]" not in capsys.readouterr().out
+
+
+def test_predict_output_folder_is_the_run_folder(classifier, tmp_path):
+    ckpt, images = classifier
+    output = tmp_path / "predictions"
+    result = run_cli("predict.py", [f"ckpt_path={ckpt}", f"input={images}", f"output={output}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output / "predictions.csv").is_file() and (output / ".hydra" / "config.yaml").is_file()
+    assert (output / "predict.log").is_file() and not (tmp_path / "outputs").exists()
+    console = result.stdout + result.stderr
+    assert f"cannot decode image {images / 'zz_corrupt.png'}: not a valid PNG image" in console
+    assert ".cpp" not in console and "/__w/" not in console
+
+
+def test_predict_without_output_writes_into_a_new_run_folder(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from visiontrain.runtime import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("predict", ["input=x.png"], return_hydra_config=True)
+    assert Path(cfg.hydra.run.dir).parent == Path(cfg.paths.log_dir) / "predict" / "runs"
 
 
 def test_torchscript_export(make_config, classifier, tmp_path):

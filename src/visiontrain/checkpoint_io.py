@@ -1,4 +1,4 @@
-"""Checkpoint files that are either complete or absent, never half-written."""
+"""Checkpoint files: complete or absent, never half-written; named by 1-based epoch; ``last`` never a second copy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 from fsspec.utils import get_protocol
+from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
 
 # read once: os.umask can only be read by setting it
 _UMASK = os.umask(0)
@@ -43,3 +46,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with ``{epoch}`` counted from 1 in file names, as the console counts:
+    the third epoch's checkpoint is ``epoch_003.ckpt``."""
+
+    def _monitor_candidates(self, trainer: Trainer) -> dict[str, Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["epoch"] = candidates["epoch"] + 1
+        return candidates
+
+
+class LastCheckpoint(EpochCheckpoint):
+    """``last.ckpt``, the newest state (what ``resume=`` continues from), written after every validation.
+
+    When another checkpoint callback has just saved the same state (the epoch improved the monitored
+    metric), ``last.ckpt`` becomes a hard link to that file rather than a second copy of it. Every write
+    replaces the file by rename (``AtomicCheckpointIO``), so a later ``last.ckpt`` never alters the best
+    file it was linked to, and deleting an old best leaves ``last.ckpt`` intact.
+    """
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        twin = next(
+            (
+                callback._last_checkpoint_saved
+                for callback in trainer.checkpoint_callbacks
+                if callback is not self
+                and isinstance(callback, ModelCheckpoint)
+                and callback._last_global_step_saved == trainer.global_step
+                and callback._last_checkpoint_saved
+                and get_protocol(str(callback._last_checkpoint_saved)) == "file"
+                and os.path.isfile(callback._last_checkpoint_saved)
+            ),
+            None,
+        )
+        if get_protocol(str(filepath)) != "file" or not self._link(trainer, twin, filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    @staticmethod
+    def _link(trainer: Trainer, source: str | None, target: str) -> bool:
+        """Hard-link ``target`` to ``source`` (atomically, by rename) on rank zero; every rank gets the outcome,
+        False where there is no twin or the filesystem cannot link (then the file is written as usual)."""
+        linked = False
+        if trainer.is_global_zero and source is not None:
+            temporary = Path(target).with_name(f".{Path(target).name}.{os.getpid()}.link.tmp")
+            try:
+                temporary.unlink(missing_ok=True)
+                os.link(source, temporary)
+                os.replace(temporary, target)
+                linked = True
+            except OSError:
+                temporary.unlink(missing_ok=True)
+        return bool(trainer.strategy.broadcast(linked))

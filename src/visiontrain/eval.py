@@ -6,6 +6,7 @@ The model config travels inside visiontrain checkpoints, so ``model=`` is only n
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from visiontrain import runtime
+from visiontrain import cli_checks, console, runtime
 from visiontrain.callbacks import CONFIG_KEY
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
@@ -23,20 +24,32 @@ from visiontrain.runtime import CONFIG_DIR
 log = logging.getLogger("visiontrain")
 
 
-def model_config_from_checkpoint(cfg: DictConfig) -> None:
-    """Use the checkpoint's own model config unless ``model=`` / ``model.*=`` was given on the command line."""
+def configs_from_checkpoint(cfg: DictConfig) -> None:
+    """Use the checkpoint's own ``model`` and ``data`` configs unless ``model=`` / ``data=`` picks another option;
+    ``model.*=`` / ``data.*=`` overrides typed on the command line still apply on top of the stored ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # composed outside a Hydra app (tests): nothing was overridden
-        overrides = []
-    if any(o.lstrip("+~").startswith("model") for o in overrides):
-        return
+        typed = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed outside a Hydra app: nothing was overridden
+        typed = []
+    overrides = OverridesParser.create().parse_overrides(typed)
     checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    stored = checkpoint.get(CONFIG_KEY, {}).get("model")
-    if stored is not None:
+    stored_configs = checkpoint.get(CONFIG_KEY, {})
+    for section in ("model", "data"):
+        stored = stored_configs.get(section)
+        if stored is None or any(o.key_or_group == section for o in overrides):
+            continue
         with open_dict(cfg):
-            cfg.model = OmegaConf.create(stored)
-        log.info("model config taken from the checkpoint")
+            cfg[section] = OmegaConf.create(stored)
+            for override in overrides:
+                if override.key_or_group.startswith(f"{section}."):
+                    if override.is_delete():
+                        parent, _, leaf = override.key_or_group.rpartition(".")
+                        OmegaConf.select(cfg, parent).pop(leaf, None)
+                    else:
+                        OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
+        log.info("%s config taken from the checkpoint", section)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -44,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError("eval.py needs ckpt_path=<path to a .ckpt file>.")
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
-    model_config_from_checkpoint(cfg)
+    configs_from_checkpoint(cfg)
     with open_dict(cfg):  # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
         cfg.model = OmegaConf.create(without_pretrained(OmegaConf.to_container(cfg.model, resolve=False)))
     runtime.prepare_run(cfg)
@@ -53,11 +66,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     model.check_data_compatibility(datamodule.input_shape, datamodule.num_classes, datamodule.name)
     loggers = runtime.instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[console.ProgressBar()])
     runtime.log_config_hyperparameters(cfg, trainer.loggers)
 
     try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
     except RuntimeError as err:
         if "loading state_dict" not in str(err):
             raise
@@ -67,14 +80,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "leave out the model overrides to use the config stored in the checkpoint."
         ) from err
     metrics = runtime.scalar_metrics(trainer.callback_metrics)
+    console.log_test_metrics(metrics, str(cfg.ckpt_path))
     runtime.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @runtime.report_user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
+    try:
+        cli_checks.check_overrides("eval", sys.argv[1:])
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    run()
 
 
 if __name__ == "__main__":

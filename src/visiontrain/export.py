@@ -13,9 +13,12 @@ file takes an image of any height and width.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from visiontrain import preprocessing, runtime
+from visiontrain import cli_checks, preprocessing, runtime
 from visiontrain.errors import UserError
 from visiontrain.inference import (
     DETECTION_OUTPUTS,
@@ -66,15 +69,33 @@ def detection_examples(input_spec: str | None, count: int) -> list[torch.Tensor]
     return [image.to(torch.float32) / 255 for image in images]  # detectors resize and normalise inside
 
 
+# the exporter and the onnxscript / onnx_ir passes it runs log every step at INFO (~15 lines per export)
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporter_logs() -> Iterator[None]:
+    """Only the exporter's warnings and errors while exporting, so an export prints our lines alone."""
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_onnx(model: LoadedModel, batch: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
     dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_exporter_logs():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model.module, (batch,), dynamo=True, input_names=["images"], output_names=["logits"],
-            dynamic_shapes=dynamic_shapes,
+            dynamic_shapes=dynamic_shapes, verbose=False,
         )  # fmt: skip
-    program.save(str(path))
+        program.save(str(path))
     finish_onnx(model, path, "torch.onnx.export(dynamo=True)")
 
 
@@ -83,7 +104,7 @@ def export_detector_onnx(model: LoadedModel, image: torch.Tensor, path: Path) ->
     outputs = [name for name in DETECTION_OUTPUTS if name != "masks" or model.module.net.predicts_masks]
     dynamic_axes = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_exporter_logs():
             warnings.simplefilter("ignore")  # tracer warnings about Python values: torchvision's code expects them
             torch.onnx.export(
                 model.module, (image,), str(path), dynamo=False, opset_version=DETECTOR_OPSET,
@@ -188,11 +209,11 @@ def export_detector(cfg: DictConfig, model: LoadedModel, path: Path) -> dict[str
         model.run(images), exported.run(images), *cut_offs, options.tolerance, options.box_tolerance
     )
     sizes = ", ".join(sorted({"x".join(map(str, image.shape[1:])) for image in images}))
-    print(
-        f"exported {path} ({cfg.format}); on {len(images)} images ({sizes}) {worst['matched']} detections "
-        f"matched PyTorch's, {worst['unmatched']} did not; largest |difference|: boxes {worst['boxes']:.3g} px, "
-        f"scores {worst['scores']:.3g}" + (f", mask probabilities {worst['masks']:.3g}" if worst["masks"] else "")
-    )
+    log.info(
+        "exported %s (%s); on %d images (%s) %d detections matched PyTorch's, %d did not; largest |difference|: "
+        "boxes %.3g px, scores %.3g%s", path, cfg.format, len(images), sizes, worst["matched"], worst["unmatched"],
+        worst["boxes"], worst["scores"], f", mask probabilities {worst['masks']:.3g}" if worst["masks"] else "",
+    )  # fmt: skip
     if worst["unmatched"] or worst["boxes"] > options.box_tolerance or worst["scores"] > options.tolerance:
         raise UserError(
             f"{path} detects differently from the PyTorch model: {worst['unmatched']} detections without a partner "
@@ -217,7 +238,8 @@ def export(cfg: DictConfig) -> dict[str, float]:
         raise UserError(f"format={fmt}: choose onnx or torchscript.")
     model = load_checkpoint(cfg.ckpt_path)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
-    path = Path(cfg.output) if cfg.get("output") else Path(cfg.ckpt_path).with_suffix(suffix)
+    # by default into this export's own run folder (the checkpoint's run is left as it was)
+    path = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / (Path(cfg.ckpt_path).stem + suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     if model.task == "detection":
         return export_detector(cfg, model, path)
@@ -233,7 +255,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     check = batch if fmt == "torchscript" or not cfg.export.dynamic_batch else torch.cat([batch, batch[:1]])
     expected, got = model.run(check).numpy(), exported.run(check).numpy()
     difference = float(np.abs(expected - got).max())
-    print(f"exported {path} ({fmt}); largest |difference| to PyTorch on {len(check)} inputs: {difference:.3g}")
+    log.info("exported %s (%s); largest |difference| to PyTorch on %d inputs: %.3g", path, fmt, len(check), difference)
     if not difference <= cfg.export.tolerance:
         raise UserError(
             f"{path} differs from the PyTorch model by {difference:.3g} (> export.tolerance={cfg.export.tolerance})."
@@ -243,8 +265,17 @@ def export(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 @runtime.report_user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     export(cfg)
+
+
+def main() -> None:
+    """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
+    try:
+        cli_checks.check_overrides("export", sys.argv[1:])
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    run()
 
 
 if __name__ == "__main__":

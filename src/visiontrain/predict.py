@@ -11,6 +11,7 @@ import csv
 import glob
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -20,10 +21,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from visiontrain import preprocessing, runtime
+from visiontrain import cli_checks, preprocessing, runtime
+from visiontrain.data.base import read_rgb
 from visiontrain.errors import UserError
 from visiontrain.inference import LoadedModel, load_model
 from visiontrain.runtime import CONFIG_DIR
@@ -48,8 +49,8 @@ def list_inputs(spec: str) -> list[Path]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W) RGB."""
-    return decode_image(str(path), mode=ImageReadMode.RGB)
+    """uint8 (3, H, W) RGB; a file that is no image ends in one sentence naming it (``read_rgb``)."""
+    return read_rgb(path)
 
 
 class ClassificationWriter:
@@ -151,7 +152,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     if model.task not in WRITERS:
         raise UserError(f"predict.py cannot yet write {model.task} predictions.")
     files = list_inputs(str(cfg.input))
-    output = Path(cfg.output)
+    # the run folder itself by default (with output=<dir>, Hydra's run folder is that folder too: conf/predict.yaml)
+    output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     transform = preprocessing.transform(model.preprocessing)
     writer = WRITERS[model.task](output, model, cfg.predict)
@@ -166,10 +168,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             try:
                 images.append(read_image(path))
                 kept.append(path)
-            except Exception as err:  # one unreadable file must not end the run
-                reason = str(err).splitlines()[0][:100]
+            except UserError as err:  # one unreadable file must not end the run
                 skipped.append(str(path))
-                log.warning("skipped %s: cannot decode it (%s)", path, reason)
+                log.warning("%s; skipped it", str(err).removesuffix("."))
         if not kept:
             continue
         inputs = [transform(image) for image in images]
@@ -190,8 +191,17 @@ def predict(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 @runtime.report_user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     predict(cfg)
+
+
+def main() -> None:
+    """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
+    try:
+        cli_checks.check_overrides("predict", sys.argv[1:])
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    run()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
+from visiontrain import console
 from visiontrain.errors import UserError
 
 log = logging.getLogger("visiontrain")
@@ -31,6 +33,17 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 def resume_or(resume: str | None, default: str) -> str:
     """``${visiontrain.resume_or:${resume},<new dir>}`` (conf/hydra): the folder being resumed, else a new one."""
     return str(resume) if resume not in (None, "") else default
+
+
+def new_run_dir(parent: str, time: str, job: str, data: str | None = None, model: str | None = None) -> str:
+    """``<parent>/<time>_<data>_<model>`` for training runs (``<parent>/<time>`` for the other entry points),
+    with ``_2``, ``_3``... when a run of the same second already holds that name."""
+    name = f"{time}_{data}_{model}" if job == "train" and data and model else time
+    candidate, n = Path(parent) / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(parent) / f"{name}_{n}"
+    return str(candidate)
 
 
 def best_checkpoint(task_name: str, *, _root_: DictConfig) -> str:
@@ -54,8 +67,25 @@ def best_checkpoint(task_name: str, *, _root_: DictConfig) -> str:
 # registered on import, before Hydra resolves hydra.run.dir (also in launcher worker processes)
 if not OmegaConf.has_resolver("visiontrain.resume_or"):
     OmegaConf.register_new_resolver("visiontrain.resume_or", resume_or)
+if not OmegaConf.has_resolver("visiontrain.new_run_dir"):
+    # cached: the folder's name must not change once Hydra has made it
+    OmegaConf.register_new_resolver("visiontrain.new_run_dir", new_run_dir, use_cache=True)
 if not OmegaConf.has_resolver("best_checkpoint"):
     OmegaConf.register_new_resolver("best_checkpoint", best_checkpoint)
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option picked for a config group (``mnist`` for ``data``), else the name of its ``_target_``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        picked = HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # no Hydra run (a config built by hand)
+        picked = None
+    if picked:
+        return str(picked)
+    target = str(OmegaConf.select(cfg, f"{group}._target_", default="") or "")
+    return target.rsplit(".", 1)[-1] or "-"
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
@@ -100,7 +130,11 @@ def one_sentence(err: UserError) -> str:
 
 
 def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn a UserError (or a Hydra instantiation error caused by one) into one line and exit status 1."""
+    """Turn a UserError (or a Hydra instantiation error caused by one) into one line and exit status 1.
+
+    The sentence is printed once, without a traceback; the log file gets it too when the run folder stays.
+    A single run stopped before it wrote anything of its own (no checkpoint, no metrics) leaves no folder.
+    """
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
@@ -110,15 +144,45 @@ def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfi
             cause = user_error_of(err)
             if cause is None:
                 raise
-            log.error(one_sentence(cause))
-            raise SystemExit(f"error: {one_sentence(cause)}") from None
+            sentence = one_sentence(cause)
+            log.error(sentence, extra={"console": False})
+            remove_unstarted_run_dir(cfg)
+            raise SystemExit(f"error: {sentence}") from None
 
     return wrapper
+
+
+def remove_unstarted_run_dir(cfg: DictConfig) -> None:
+    """Delete the folder Hydra made for a single run that failed before producing anything."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    if hydra_cfg.mode != RunMode.RUN or cfg.get("resume") or rank_zero_only.rank != 0:
+        return
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    own = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= own and run_dir.resolve() != Path.cwd().resolve():
+        import shutil
+
+        logging.shutdown()  # close the log file before its folder goes
+        shutil.rmtree(run_dir, ignore_errors=True)
+        # and the outputs/<task>/runs/ folders above it, if this run made them (only empty ones go)
+        log_dir = Path(str(cfg.paths.log_dir)).resolve()
+        for parent in run_dir.resolve().parents:
+            if not parent.is_relative_to(log_dir):
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def prepare_run(cfg: DictConfig) -> None:
     """Seed, silence known-noisy warnings if asked, save and print the composed config."""
     extras = cfg.get("extras") or {}
+    console.quiet_third_party()
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if cfg.get("seed") is not None:
@@ -163,25 +227,29 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in cfg.values() if entry is not None and "_target_" in entry]
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a/b": scalar}``; lists and None become strings (what TensorBoard HParams accepts)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}/"))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
-
-
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of the config that define the experiment, flattened."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    keys = ("data", "model", "trainer", "seed", "init_from", "finetune")  # the last two: transfer experiments
-    return flatten({key: container[key] for key in keys if key in container})
+    """The handful of choices that tell runs apart, for TensorBoard's HParams table (config.yaml has the rest)."""
+
+    def pick(key: str) -> Any:
+        value = OmegaConf.select(cfg, key, default=None)
+        return value if isinstance(value, (bool, int, float, str)) else (None if value is None else str(value))
+
+    scheduler = OmegaConf.select(cfg, "model.scheduler._target_", default=None)
+    chosen = {
+        "model": choice(cfg, "model"),
+        "data": choice(cfg, "data"),
+        "experiment": choice(cfg, "experiment"),
+        "lr": pick("model.optimizer.lr"),
+        "optimizer": str(OmegaConf.select(cfg, "model.optimizer._target_", default="")).rsplit(".", 1)[-1],
+        "scheduler": str(scheduler).rsplit(".", 1)[-1] if scheduler else "constant",
+        "batch_size": pick("data.batch_size"),
+        "max_epochs": pick("trainer.max_epochs"),
+        "precision": pick("trainer.precision"),
+        "augment": pick("data.augment"),
+        "seed": pick("seed"),
+        "init_from": pick("init_from"),
+    }
+    return {key: value for key, value in chosen.items() if value not in (None, "", "-")}
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -213,7 +281,8 @@ def record_results(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float],
         # one HParams session per run, written at the end so it holds the final metrics; the metric
         # values themselves are read by TensorBoard from the scalar tags of the same name
         writer = logger.experiment._get_file_writer()
-        for summary in hparams(hyperparameters(cfg), metrics):
+        headline = {name: value for name, value in metrics.items() if name.count("/") == 1}  # not per class
+        for summary in hparams(hyperparameters(cfg), headline):
             writer.add_summary(summary)
         logger.experiment.flush()
 

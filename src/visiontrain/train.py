@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain import ddp, resume, runtime
+from visiontrain import cli_checks, console, ddp, resume, runtime
 from visiontrain.callbacks import ConfigInCheckpoint, ContinuedTensorBoardRun, RandomStateInCheckpoint
 from visiontrain.errors import UserError
 from visiontrain.models import weights
@@ -41,6 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint()]
+    callbacks.append(console.RunHeader(runtime.choice(cfg, "data"), runtime.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
     loggers = runtime.instantiate_group(cfg.get("logger"))
@@ -60,8 +62,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train") else ""
         if cfg.get("train") and not best:
             log.warning("no best checkpoint was saved: testing the weights as they are after training")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or (None if cfg.get("train") else ckpt_path))
+        tested = best or (None if cfg.get("train") else ckpt_path)
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
         metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
+        console.log_test_metrics(metrics, Path(tested).name if tested else "weights after training")
 
     runtime.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics
@@ -78,9 +82,11 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.resume); a DDP
-    process of a multirun job runs that job's command line (visiontrain.ddp)."""
+    process of a multirun job runs that job's command line (visiontrain.ddp). Mistyped keys, group options and
+    Trainer arguments are refused before Hydra creates the run folder (visiontrain.cli_checks)."""
     try:
         sys.argv[1:] = resume.resume_command_line(ddp.job_command_line(sys.argv[1:]))
+        cli_checks.check_overrides("train", sys.argv[1:])
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     run()

@@ -1,19 +1,57 @@
 """What every datamodule shares: loaders for its three splits, the download attempt that ends in one
-sentence when the files cannot be had, and the RGB image loader that names a file it cannot decode."""
+sentence when the files cannot be had, and the RGB image readers that name a file they cannot decode."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
 
 from visiontrain.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# the first bytes of each format the readers below take, and the suffixes that promise it
+IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}  # fmt: skip
+SUFFIX_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+    ".webp": "WebP",
+}  # fmt: skip
+
+
+def undecodable(path: str | Path, err: BaseException) -> UserError:
+    """The one sentence for an image file no decoder took: the file and what is wrong with it, told from its
+    first bytes. The decoders' own texts are not shown: torchvision's name the source files of its build."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as read_err:
+        return UserError(f"cannot read image {path}: {read_err.strerror or type(read_err).__name__}.")
+    if not head:
+        return UserError(f"cannot decode image {path}: the file is empty.")
+    found = next((name for magic, name in IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        found = "WebP"
+    if found:
+        problem = f"it is a damaged or truncated {found} image"
+    elif Path(path).suffix.lower() in SUFFIX_FORMATS:
+        problem = f"not a valid {SUFFIX_FORMATS[Path(path).suffix.lower()]} image"
+    else:
+        problem = f"not an image in a format read here ({', '.join(dict.fromkeys(SUFFIX_FORMATS.values()))})"
+    return UserError(f"cannot decode image {path}: {problem}.")
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -22,17 +60,53 @@ def load_rgb(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except Exception as err:
-        raise UserError(f"cannot decode image {path} ({type(err).__name__}: {err}).") from err
+        raise undecodable(path, err) from err
 
 
-def download_attempt(download: bool, fetch: Callable[[], Any]) -> str:
-    """Run ``fetch`` when downloads are allowed; return why the files may still be missing, for the error."""
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` RGB, decoded by torchvision, else by PIL (BMP, TIFF: torchvision reads neither);
+    a file neither can decode ends in ``undecodable``'s one sentence."""
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except Exception:
+        pass
+    try:
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except Exception as err:
+        raise undecodable(path, err) from err
+
+
+def require_data_dir(data_dir: str | Path, dataset: str, searched: str, layout: str, download: bool) -> None:
+    """Stop when the data folder does not exist and nothing may be downloaded into it: a mistyped DATA_DIR is
+    named as such. ``searched``: the files looked for; ``layout``: what DATA_DIR should hold."""
+    if Path(data_dir).is_dir() or download:
+        return
+    raise UserError(
+        f"{dataset} not found: the data folder {data_dir} does not exist, so there is no {searched}; "
+        f"point DATA_DIR (or data.data_dir) at the folder holding {layout}."
+    )
+
+
+def download_attempt(download: bool, fetch: Callable[[], Any], data_dir: str | Path | None = None) -> str:
+    """Run ``fetch`` when downloads are allowed; return why the files may still be missing, for the error
+    (the failure's whole text on one line: torchvision puts the reason after a line ending in a colon).
+
+    A data folder that did not exist before a failed download is removed again: a mistyped DATA_DIR is
+    reported as missing, not left behind as an empty tree.
+    """
     if not download:
         return "data.download=false"
+    folder = Path(data_dir) if data_dir is not None else None
+    existed = folder is None or folder.is_dir()
     try:
         fetch()
     except Exception as err:  # offline, proxy, server gone: all end in the same advice
-        return f"the download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        reason = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+            return f"the data folder {folder} does not exist and {reason}"
+        return reason
     return "the download did not provide them"
 
 

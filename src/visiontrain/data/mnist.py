@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visiontrain.data.base import download_attempt
+from visiontrain.data.base import download_attempt, require_data_dir
 from visiontrain.data.in_memory import InMemoryClassificationDataModule
 from visiontrain.errors import UserError
 
@@ -68,6 +68,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
     def ensure_files(self, download: bool) -> None:
         if not self._missing():
             return
+        expected = ", ".join(n + "[.gz]" for n in MNIST_FILES)
+        require_data_dir(self.data_dir, "MNIST", f"{self.raw_dir} with {expected}", "MNIST/raw/", download)
 
         def fetch() -> None:
             import torchvision
@@ -75,12 +77,12 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             torchvision.datasets.MNIST(self.data_dir, train=True, download=True)
             torchvision.datasets.MNIST(self.data_dir, train=False, download=True)
 
-        reason = download_attempt(download, fetch)
+        reason = download_attempt(download, fetch, self.data_dir)
         missing = self._missing()
         if missing:
             raise UserError(
                 f"MNIST not found: {self.raw_dir} lacks {', '.join(n + '[.gz]' for n in missing)} and {reason}; "
-                "put the four official IDX files there (gzipped or not) or point DATA_DIR / data.data_dir "
+                "put the four official IDX files there (gzipped or not) or point DATA_DIR (or data.data_dir) "
                 "at a folder holding MNIST/raw/."
             )
 

@@ -105,8 +105,8 @@ class VisionTask(LightningModule):
             if self.decay_norm_and_bias:
                 return trainable
             return [
-                {"params": [p for p in trainable if p.ndim > 1]},
-                {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+                {"params": [p for p in trainable if p.ndim > 1], "name": "weights"},
+                {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "name": "no_decay"},
             ]
         groups = []
         for part, named, scale in zip(("backbone", "head"), backbone_and_head(self.net), (self.backbone_lr_scale, 1.0)):
@@ -128,7 +128,9 @@ class VisionTask(LightningModule):
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # logged by LearningRateMonitor as train/lr/<group name>, beside the training curves
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --- checkpoint -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

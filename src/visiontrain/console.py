@@ -1,0 +1,204 @@
+"""What a run shows on the console: a short header, one line per epoch that stays, errors once.
+
+Everything goes through the ``visiontrain`` logger, so the same lines land in ``<run dir>/<entry point>.log``.
+Lightning's own start-up chatter (accelerator lines, tips, "restoring states", the test table) is left
+out; its warnings that say nothing actionable here are silenced in :func:`quiet_third_party`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar
+
+log = logging.getLogger("visiontrain")
+
+# Lightning warnings that describe choices we made on purpose (in-memory data needs no workers, short
+# debug runs log less often than log_every_n_steps, resume writes into a folder that has checkpoints)
+NOISE = (
+    r".*does not have many workers.*",
+    r".*is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Skipping setting a default `ModelSummary`.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",
+)
+
+
+def quiet_third_party() -> None:
+    """Lightning's INFO lines (GPU/TPU available, tips, 'restoring states') and ONNX exporters' progress
+    messages stay out of the console and the log; their warnings and errors still show."""
+    for name in ("lightning.pytorch", "lightning.fabric", "onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """A stream handler that writes to ``sys.stdout`` as it is at each record.
+
+    Rich's live progress bar redirects ``sys.stdout`` while it runs so that printed lines appear above
+    it; a handler that kept the stream object of start-up would draw through the bar instead.
+    Records logged with ``extra={"console": False}`` go to the log file only.
+    """
+
+    def __init__(self, stream: Any = None) -> None:  # noqa: ARG002 (Hydra's config passes one; we look it up)
+        super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "console", True):
+            self.stream = sys.stdout
+            super().emit(record)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Plain lines for information, ``warning: ...`` / ``error: ...`` for the rest."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {message}"
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's progress bar with epochs counted from 1, drawn only on a terminal (a pipe or a log file gets
+    the per-epoch lines instead of a bar re-drawn at every refresh)."""
+
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and sys.stdout.isatty()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        total = self.trainer.max_epochs
+        return f"Epoch {current_epoch + 1}" + (f"/{total}" if total and total > 0 else "")
+
+
+def count_flops(net: torch.nn.Module, input_shape: tuple[int, ...] | None) -> tuple[float | None, str]:
+    """Forward FLOPs of one image (torch's FlopCounterMode) and the image size they are for.
+
+    Detection data has no fixed size (input_shape None): the detector's own resize target stands in.
+    """
+    transform = getattr(net, "transform", None)
+    if input_shape is None:
+        size = getattr(transform, "min_size", None) or getattr(transform, "size", None)
+        side = int(size[0] if isinstance(size, (tuple, list)) else size) if size else None
+        if side is None:
+            return None, ""
+        example: Any = [torch.zeros(3, side, side)]
+        shape = f"3x{side}x{side}"
+    else:
+        example = torch.zeros(1, *input_shape)
+        shape = "x".join(map(str, input_shape))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(net.parameters()).device
+    example = [x.to(device) for x in example] if isinstance(example, list) else example.to(device)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(example)
+        return float(counter.get_total_flops()), shape
+    except Exception:  # a network the counter cannot trace still trains; the header just leaves FLOPs out
+        return None, shape
+    finally:
+        net.train(was_training)
+
+
+def human(number: float, unit: str = "") -> str:
+    for threshold, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(number) >= threshold:
+            return f"{number / threshold:.3g} {suffix}{unit}"
+    return f"{number:.3g} {unit}".rstrip()
+
+
+class RunHeader(Callback):
+    """Three lines when fitting starts: task, data, model (size and cost), device, and where the run writes."""
+
+    def __init__(self, data: str, model: str, run_dir: str) -> None:
+        self.data, self.model, self.run_dir = data, model, run_dir
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        net = getattr(pl_module, "net", pl_module)
+        params = sum(p.numel() for p in net.parameters())
+        flops, shape = count_flops(net, getattr(trainer.datamodule, "input_shape", None))
+        cost = f", {human(flops, 'FLOPs')} per {shape} image" if flops else ""
+        devices = f"{trainer.num_devices}x " if trainer.num_devices * trainer.num_nodes > 1 else ""
+        log.info(
+            "%s: data=%s, model=%s (%s parameters%s)",
+            getattr(pl_module, "task", type(pl_module).__name__),
+            self.data,
+            self.model,
+            human(params),
+            cost,
+        )
+        log.info(
+            "on %s%s, precision %s, max_epochs=%s; run dir %s",
+            devices,
+            type(trainer.accelerator).__name__.replace("Accelerator", "").lower(),
+            trainer.precision,
+            trainer.max_epochs,
+            self.run_dir,
+        )
+
+
+def metric_line(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> str:
+    """``train/loss 0.1234  val/acc 0.9860`` from the headline scalars (not per-class ones, not step values)."""
+    parts = []
+    names = [n for n in metrics if n.count("/") == 1 and n.split("/")[0] in prefixes and not n.endswith("_step")]
+    for name in sorted(names, key=lambda n: (prefixes.index(n.split("/")[0]), n)):
+        value = metrics[name]
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if not isinstance(value, (int, float)):
+            continue
+        shown = f"{value:.4f}" if math.isfinite(value) and abs(value) < 1000 else f"{value:.4g}"
+        parts.append(f"{name.removesuffix('_epoch')} {shown}")
+    return "  ".join(parts)
+
+
+class EpochLine(Callback):
+    """One line per epoch on the console and in the log: the epoch's train and val metrics, the best value of
+    the monitored metric so far, the learning rate and the epoch's time (training and validation).
+
+    Written when the next epoch starts (and when training ends): Lightning aggregates the epoch's training
+    metrics after the ``on_train_epoch_end`` hooks have run.
+    """
+
+    def __init__(self) -> None:
+        self._epoch: int | None = None
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer)
+        self._epoch, self._started = trainer.current_epoch, time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: Trainer) -> None:
+        if self._epoch is None or not trainer.is_global_zero:
+            return
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        line = f"epoch {self._epoch + 1}/{total}  {metric_line(trainer.callback_metrics, ('train', 'val'))}"
+        if trainer.optimizers:
+            line += f"  lr {max(group['lr'] for group in trainer.optimizers[0].param_groups):.3g}"
+        log.info("%s  %.1f s", line, time.perf_counter() - self._started)
+        self._epoch = None
+
+
+def log_test_metrics(metrics: Mapping[str, Any], source: str) -> None:
+    line = metric_line(metrics, ("test",))
+    if line:
+        log.info("test (%s): %s", source, line)
