@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,34 @@ def test_default_command_trains_tests_and_records(tmp_path, datasets):
     assert Path(metrics["best_model_path"]).parent == run / "checkpoints"
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "config.yaml").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_console_shows_a_header_one_line_per_epoch_and_the_test(tmp_path, datasets):
+    result = run_cli("train.py", ["data.val_size=100", "trainer.max_epochs=2"], cwd=tmp_path, data_dir=datasets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_mnist_simple_cnn", run.name)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) <= 10, lines  # no config tree, no Lightning banners, no tables
+    (header,) = [i for i, line in enumerate(lines) if line.startswith("classification: data=mnist, model=simple_cnn (")]
+    assert "FLOPs per 1x28x28 image" in lines[header]
+    assert lines[header + 1].startswith("on cpu, precision 32-true, max_epochs=2; run dir ")
+    assert lines[header + 1].endswith(run.name)
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert all("train/loss " in line and "val/acc " in line and " lr " in line for line in epochs)
+    (test_line,) = [line for line in lines if line.startswith("test (")]
+    best = Path(json.loads((run / "metrics.json").read_text())["best_model_path"])
+    assert test_line.startswith(f"test ({best.name}): test/acc ") and best.name in ("epoch_001.ckpt", "epoch_002.ckpt")
+    # the per-epoch lines stay in the log too
+    log = (run / "train.log").read_text()
+    assert all(line in log for line in epochs)
+
+
+def test_a_run_that_never_started_says_why_once_and_leaves_no_folder(tmp_path):
+    result = run_cli("train.py", ["data.download=false"], cwd=tmp_path, data_dir=tmp_path / "no_such_folder")
+    assert_one_sentence_error(result, "the data folder", "no_such_folder does not exist")
+    assert result.stdout.strip() == "" and not (tmp_path / "outputs").exists()
 
 
 def test_multirun_one_directory_per_job_and_a_ranked_summary(tmp_path, datasets):

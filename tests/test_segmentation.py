@@ -113,9 +113,8 @@ def test_unet_learns_the_shapes_and_eval_reproduces_it(make_config, seg_data, tm
     assert "val/overlays" in events.Tags()["images"]
     assert {"val/miou", "val/dice", "val/pixel_acc", "test/miou"} <= set(events.Tags()["scalars"])
 
-    eval_cfg = make_config("eval", [*LAYOUTS["mask_folder"], "data.root=${paths.data_dir}/seg/split_masks",
-                                    "data.image_size=32", "data.num_workers=0",
-                                    f"ckpt_path={record['best_model_path']}"])  # fmt: skip
+    # no data= or model=: both configs come from the checkpoint (the model's interpolates data.ignore_index)
+    eval_cfg = make_config("eval", [f"ckpt_path={record['best_model_path']}"])
     eval_cfg.paths.output_dir = str(tmp_path / "eval")
     assert evaluate(eval_cfg)["test/miou"] == pytest.approx(metrics["test/miou"], abs=1e-6)
 
