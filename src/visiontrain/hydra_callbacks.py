@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,15 @@ def print_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
 
     # show what the jobs differ in; the CSV keeps every override
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows)) if rows else set()
-    table = Table(title=f"multirun summary, best {metric} first ({path})")
+    table = Table(title=f"multirun summary, best {metric} first")
     for column in ("job", "status", "overrides", metric):
         table.add_column(column)
     for row in rows:
         value = row.get(metric)
         varying = " ".join(o for o in row["overrides"].split() if o not in shared)
         table.add_row(row["job"], row["status"], varying, f"{value:.4f}" if isinstance(value, float) else "-")
-    Console().print(table)
+    # a pipe or log file gets the table at its natural width, not wrapped at 80 columns
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 class SweepSummary(Callback):
