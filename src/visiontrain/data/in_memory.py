@@ -8,8 +8,12 @@ No per-sample PIL decoding, no per-sample Python transform: this is where the sp
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +45,56 @@ class TensorImageDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.images[index], self.labels[index]
+
+
+def fingerprint(files: Sequence[Path]) -> str:
+    """A digest of the files' names, sizes and modification times: changes when any file is added,
+    removed, renamed or rewritten."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class DecodedCache:
+    """Decoded splits kept as ``.pt`` files of uint8 images and int64 labels in ``directory``.
+
+    One file per (dataset, source folder, split), named with the fingerprint of its source files, so a
+    change to any of them (name, size, mtime) makes the old file stale: it is deleted and the split
+    decoded again. Written to a temporary file and renamed, so a crash never leaves half a cache;
+    read with ``weights_only=True``.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def path(self, dataset: str, source: Path, split: str, files: Sequence[Path]) -> tuple[Path, str]:
+        name = "".join(c if c.isalnum() else "_" for c in dataset.lower())
+        source_id = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:12]
+        prefix = f"{name}-{source_id}-{split}-"
+        return self.directory / f"{prefix}{fingerprint(files)[:20]}.pt", prefix
+
+    def load(self, path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            return entry["images"], entry["labels"]
+        except Exception as err:  # unreadable or from another version: decode again
+            log.warning("ignoring the unreadable cache %s (%s: %s)", path, type(err).__name__, err)
+            return None
+
+    def save(self, path: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob(f"{prefix}*.pt"):
+                stale.unlink(missing_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({"images": images.contiguous(), "labels": labels}, temporary)
+            os.replace(temporary, path)
+        except OSError as err:  # a read-only or full disk costs the next start time, not this run
+            log.warning("could not write the decoded-image cache %s (%s)", path, err)
 
 
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +135,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         random_erasing: float = 0.0,
         num_workers: int = 0,
         pin_memory: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         # these keys exist in the data config so model configs can interpolate them; they must be true
@@ -100,10 +155,13 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        # decoded splits of file-per-image sources are kept here (see DecodedCache); None: decode every start
+        self.cache = DecodedCache(cache_dir) if cache_dir else None
         self.augment = BatchAugment(self.mean, self.std, crop_padding, hflip, augment, augment_options, random_erasing)
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
+        self.cache_used: dict[str, bool] = {}  # split -> whether the last setup read it from the cache
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -123,6 +181,34 @@ class InMemoryClassificationDataModule(SplitDataModule):
         """Return ``(uint8 images (N, C, H, W), int64 labels (N,))`` of the official split."""
         raise NotImplementedError
 
+    def split_files(self, train: bool) -> tuple[Path, list[Path]] | None:
+        """``(folder, files)`` that ``read_split`` decodes, for sources slow to decode (one file per image):
+        their decoded arrays are then cached in ``cache_dir``. None (the default): read without a cache."""
+        return None
+
+    # --- reading with the cache ----------------------------------------------------------------
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``read_split``, through the decoded-image cache when there is one and the source is files."""
+        split = "train" if train else "test"
+        start = time.perf_counter()
+        listed = self.split_files(train) if self.cache is not None else None
+        if listed is None:
+            return self.read_split(train)
+        folder, files = listed
+        path, prefix = self.cache.path(self.name, folder, split, files)
+        cached = self.cache.load(path)
+        if cached is not None:
+            self.cache_used[split] = True
+            log.info("%s %s: %d images from the cache %s (%.1f s)", self.name, split, len(cached[1]), path,
+                     time.perf_counter() - start)  # fmt: skip
+            return cached
+        images, labels = self.read_split(train)
+        self.cache_used[split] = False
+        self.cache.save(path, prefix, images, labels)
+        log.info("%s %s: decoded %d files in %.1f s, cached in %s", self.name, split, len(files),
+                 time.perf_counter() - start, path)  # fmt: skip
+        return images, labels
+
     # --- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place a download may happen.
@@ -132,25 +218,42 @@ class InMemoryClassificationDataModule(SplitDataModule):
         if self.train_set is not None:
             return
         self.ensure_files(download=False)
-        images, labels = self.read_split(train=True)
-        if not 0 < self.val_size < len(labels):
+        images, labels = self.load_split(train=True)
+        if not 0 <= self.val_size < len(labels):
             raise UserError(
-                f"data.val_size={self.val_size} must be between 1 and {len(labels) - 1} "
+                f"data.val_size={self.val_size} must be between 0 (no validation split) and {len(labels) - 1} "
                 f"(the {self.name} training split has {len(labels)} images)."
             )
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
-        self.val_set = TensorImageDataset(images[val_idx], labels[val_idx])
-        self.test_set = TensorImageDataset(*self.read_split(train=False))
+        self.val_set = TensorImageDataset(images[val_idx], labels[val_idx]) if self.val_size else None
+        self.test_set = TensorImageDataset(*self.load_split(train=False))
         log.info(
-            "%s: %d train / %d val (seed %d) / %d official test images",
+            "%s: %d train / %d val (seed %d) / %d test images%s",
             self.name,
             len(self.train_set),
-            len(self.val_set),
+            len(self.val_set) if self.val_set is not None else 0,
             self.split_seed,
             len(self.test_set),
+            self.test_split_note(len(self.test_set)),
         )
+        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            if dataset is not None:
+                counts = torch.bincount(dataset.labels, minlength=self.num_classes).tolist()
+                # in the run's log file, not on the console: ten numbers per split are for looking up
+                log.info("%s %s images per class: %s", self.name, split, counts, extra={"console": False})
+
+    def test_split_note(self, size: int) -> str:
+        """Said after the test count when the test split is not the official one (e.g. a subset)."""
+        official = getattr(self, "official_test_size", None)
+        if official and size != official:
+            return f" (the official test split has {official}: report test figures on these {size} only)"
+        return ""
+
+    def val_dataloader(self):
+        # data.val_size=0: no validation split, no validation loop (Lightning skips an empty list)
+        return super().val_dataloader() if self.val_set is not None else []
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # two tensors: skip Lightning's generic walk over arbitrary collections on every step

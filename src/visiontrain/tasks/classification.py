@@ -39,6 +39,11 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
+# test-time augmentation of validation and test (not of forward(), which predict.py and exports call):
+# none, or flip = the mean of the logits of each image and its mirror image
+TTA_MODES = ("none", "flip")
+
+
 class ClassificationModule(VisionTask):
     """Cross-entropy training of ``net``; accuracy (top-1/top-5), per-class accuracy and confusion matrix at test.
 
@@ -60,9 +65,17 @@ class ClassificationModule(VisionTask):
         decay_norm_and_bias: bool = False,
         compile: bool = False,
         test_images_logged: int = 32,
+        tta: str = "none",
+        bias_lr_scale: float = 1.0,
         **architecture: Any,
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
+        if tta not in TTA_MODES:
+            raise UserError(f"model.tta={tta!r}: choose one of {', '.join(TTA_MODES)}.")
+        if bias_lr_scale <= 0:
+            raise UserError(
+                f"model.bias_lr_scale={bias_lr_scale}: give a positive factor (1 = the same learning rate)."
+            )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         # takes class indices and, under MixUp/CutMix, soft targets (then smoothed on top of the mixing)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -92,8 +105,55 @@ class ClassificationModule(VisionTask):
                 f"{num_classes} classes; set the network's num_classes to ${{data.num_classes}}."
             )
 
+    def on_fit_start(self) -> None:
+        """Networks whose initialisation depends on the data (e.g. airbench's whitening layer) offer
+        ``init_from_batch(images)`` and ``data_initialised``: they get normalised, unaugmented training
+        images from whatever datamodule the trainer has, once (not when resuming or loaded from weights)."""
+        init = getattr(self.net, "init_from_batch", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if init is None or datamodule is None or getattr(self.net, "data_initialised", False):
+            return
+        images = self.training_images(datamodule, int(getattr(self.net, "init_images", 5000)))
+        init(images)
+        if self.trainer.world_size > 1:  # every process drew its own images: take rank 0's result
+            for tensor in self.net.state_dict().values():
+                tensor.copy_(self.trainer.strategy.broadcast(tensor, src=0))
+
+    @torch.no_grad()
+    def training_images(self, datamodule, count: int) -> torch.Tensor:
+        """Up to ``count`` training images as the network receives them at evaluation (on this device,
+        normalised, no augmentation: the trainer is not in its training stage yet)."""
+        parts, total = [], 0
+        for batch in datamodule.train_dataloader():
+            batch = datamodule.transfer_batch_to_device(batch, self.device, 0)
+            images = datamodule.on_after_batch_transfer(batch, 0)[0]
+            parts.append(images[: count - total])
+            total += len(parts[-1])
+            if total >= count:
+                break
+        return torch.cat(parts)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for validation and test, with the test-time augmentation of ``model.tta``."""
+        if self.hparams.get("tta", "none") == "flip":
+            return (self(images) + self(images.flip(-1))) / 2
+        return self(images)
+
+    def parameter_groups(self):
+        """With ``bias_lr_scale`` != 1, the 1-D parameters (norm shifts and scales, biases) learn at that multiple
+        of the learning rate (airbench's BatchNorm biases: x64); their weight decay, if any
+        (``decay_norm_and_bias``), is divided by it, so they decay by as much per step as the other weights."""
+        scale = self.hparams.get("bias_lr_scale", 1.0)
+        if scale == 1.0 or self.backbone_lr_scale is not None:
+            return super().parameter_groups()
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        biases = {"params": [p for p in trainable if p.ndim <= 1], "lr_scale": scale, "name": "biases"}
+        biases["weight_decay"] = weight_decay / scale if self.decay_norm_and_bias else 0.0
+        return [{"params": [p for p in trainable if p.ndim > 1], "name": "weights"}, biases]
 
     # --- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -115,7 +175,7 @@ class ClassificationModule(VisionTask):
 
     def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
+        logits = self.evaluation_logits(images)
         loss_metric.update(self.criterion(logits, labels), weight=len(labels))
         metrics.update(logits, labels)
         return logits
