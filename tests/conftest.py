@@ -18,6 +18,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["extras.print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory) -> None:
+    """What runs remember between starts (e.g. the masks already checked) goes to a folder of the test session's,
+    not the user's ~/.cache; subprocesses inherit it."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def datasets(tmp_path_factory) -> Path:
     """One folder holding every synthetic dataset, laid out as DATA_DIR would be."""

@@ -9,17 +9,25 @@ multirun runs exactly that job's overrides as a single run in that folder instea
 
 from __future__ import annotations
 
+import functools
+import importlib
+import ipaddress
 import os
+import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning import Trainer
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import OmegaConf
+from torch.distributed import Store, TCPStore
 
 from visiontrain.errors import UserError
-from visiontrain.resume import LAST_CHECKPOINT, is_multirun
+from visiontrain.resume import is_multirun, resumable_checkpoint
 
 JOB_DIR_ENV = "VISIONTRAIN_DDP_JOB_DIR"
 # launchers that run each job inside the process that was started with the sweep's command line
@@ -29,6 +37,58 @@ IN_PROCESS_LAUNCHERS = {"hydra._internal.core_plugins.basic_launcher.BasicLaunch
 _LAUNCHER_ENV_AT_START = {
     key: os.environ.get(key) for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 }
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _store_on_loopback(create: Callable[..., Store]) -> Callable[..., Store]:
+    """Wrap torch's ``env://`` store creation: rank zero's rendezvous store listens on the loopback address when
+    the processes meet there (one node, MASTER_ADDR not set by the user: Lightning then uses 127.0.0.1).
+
+    torch's TCPStore server otherwise listens on every interface of the machine whatever address the processes
+    use, so anyone on the network could reach it during training. It is handed a socket bound to 127.0.0.1 (its
+    ``master_listen_fd``); an address the user or the cluster set (MASTER_ADDR of another host, SLURM's node
+    name: several nodes) is left to torch as it is.
+    """
+
+    @functools.wraps(create)
+    def wrapper(hostname: str, port: int, rank: int, world_size: int, timeout: Any, *args: Any, **kwargs: Any) -> Store:
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+        if rank != 0 or agent_store or sys.platform != "linux" or not _is_loopback(hostname):
+            return create(hostname, port, rank, world_size, timeout, *args, **kwargs)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((socket.gethostbyname(hostname), int(port)))
+            listener.listen(socket.SOMAXCONN)
+        except OSError:
+            listener.close()
+            return create(hostname, port, rank, world_size, timeout, *args, **kwargs)
+        use_libuv = args[0] if args else kwargs.get("use_libuv", True)
+        return TCPStore(
+            host_name=hostname,
+            port=int(port),
+            world_size=world_size,
+            is_master=True,
+            timeout=timeout,
+            multi_tenant=True,
+            master_listen_fd=listener.detach(),  # the store owns the socket from here
+            use_libuv=use_libuv,
+        )
+
+    wrapper.visiontrain_loopback = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+# the module (torch.distributed.rendezvous is also the name of a function)
+_rendezvous = importlib.import_module("torch.distributed.rendezvous")
+if not getattr(_rendezvous._create_c10d_store, "visiontrain_loopback", False):
+    _rendezvous._create_c10d_store = _store_on_loopback(_rendezvous._create_c10d_store)
 
 
 def reset_between_jobs() -> None:
@@ -55,8 +115,8 @@ def job_command_line(args: list[str]) -> list[str]:
     # a resumed sweep's job (resume=<sweep dir>) continues from where its rank 0 continues
     if any(o.startswith("resume=") for o in overrides):
         overrides = [o for o in overrides if not o.startswith("resume=")]
-        last = Path(job_dir) / LAST_CHECKPOINT
-        overrides += [f'ckpt_path="{last}"'] if last.is_file() else []
+        last = resumable_checkpoint(Path(job_dir), f"resume={job_dir}", required=False)
+        overrides += [f'ckpt_path="{last}"'] if last else []
     # Lightning names each process's log (hydra.job.name=train_ddp_process_<rank>); nothing else is written
     names = [a for a in args if a.startswith("hydra.job.name=")]
     return [*overrides, f'hydra.run.dir="{job_dir}"', "hydra.output_subdir=null", *names]

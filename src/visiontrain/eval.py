@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain import cli_checks, console, runtime
 from visiontrain.callbacks import CONFIG_KEY
+from visiontrain.checkpoint_io import load_checkpoint
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
 from visiontrain.runtime import CONFIG_DIR
@@ -34,7 +34,7 @@ def configs_from_checkpoint(cfg: DictConfig) -> None:
     except ValueError:  # composed outside a Hydra app: nothing was overridden
         typed = []
     overrides = OverridesParser.create().parse_overrides(typed)
-    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
     stored_configs = checkpoint.get(CONFIG_KEY, {})
     for section in ("model", "data"):
         stored = stored_configs.get(section)
@@ -58,6 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
     configs_from_checkpoint(cfg)
+    runtime.check_values(cfg)
     with open_dict(cfg):  # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
         cfg.model = OmegaConf.create(without_pretrained(OmegaConf.to_container(cfg.model, resolve=False)))
     runtime.prepare_run(cfg)

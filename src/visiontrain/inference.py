@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 
 from visiontrain.callbacks import CONFIG_KEY
+from visiontrain.checkpoint_io import load_checkpoint as read_checkpoint
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
 
@@ -77,10 +78,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err}).") from err
+    checkpoint = read_checkpoint(path, training_run=False)
     stored = checkpoint.get(CONFIG_KEY) or {}
     if not stored.get("model_resolved") or not stored.get("preprocessing") or not stored.get("task"):
         raise UserError(f"{path} lacks the model config and preprocessing that visiontrain stores; retrain with it.")

@@ -2,11 +2,13 @@
 
 The run directory stays the same (``hydra.run.dir`` / ``hydra.sweep.dir`` follow ``resume``, see
 conf/hydra/default.yaml), the original command line is taken back from ``<run dir>/.hydra/overrides.yaml``
-(overrides typed now win), and training restarts from ``<run dir>/checkpoints/last.ckpt``.
+(overrides typed now win), and training restarts from ``<run dir>/checkpoints/last.ckpt`` (or a newer complete
+checkpoint, see ``resumable_checkpoint``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,9 +19,13 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from visiontrain.checkpoint_io import load_checkpoint
 from visiontrain.errors import UserError
 
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+log = logging.getLogger("visiontrain")
+
+LAST_NAME = "last.ckpt"
+LAST_CHECKPOINT = Path("checkpoints") / LAST_NAME
 # overrides a resumed run never takes back from the original command line
 NOT_INHERITED = {"resume", "ckpt_path"}
 
@@ -41,14 +47,17 @@ def resume_command_line(args: list[str]) -> list[str]:
     run_dir = Path(value)
     if not run_dir.is_dir():
         raise UserError(f"resume={value}: there is no run directory {run_dir.resolve()}.")
-    if not (run_dir / LAST_CHECKPOINT).is_file():
-        raise UserError(
-            f"resume={value}: {run_dir.resolve() / LAST_CHECKPOINT} does not exist, so there is nothing to continue "
-            "(the run stopped before its first checkpoint); start a new run instead."
-        )
+    # every refusal comes before anything is written into the run folder (records below, Hydra's .hydra/)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    resumable_checkpoint(run_dir, f"resume={value}")
     if not overrides_file.is_file():
         raise UserError(f"resume={value}: {overrides_file.resolve()} is missing, so this is not a run of train.py.")
+    typed_keys = {key for key, _ in _override_keys([a for a in args if not a.startswith("-")])}
+    if "ckpt_path" in typed_keys and not any(a in ("ckpt_path=", "ckpt_path=null") for a in args):
+        raise UserError(BOTH_GIVEN)
+    for other in [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]:
+        if Path(other).resolve() != run_dir.resolve():
+            raise UserError(f"resume={value} continues in {run_dir}; leave hydra.run.dir out, it follows resume.")
 
     original = [str(o) for o in OmegaConf.load(overrides_file)]
     typed = [a for a in args if not a.startswith("-")]
@@ -67,6 +76,48 @@ def resume_command_line(args: list[str]) -> list[str]:
     return kept + args
 
 
+BOTH_GIVEN = (
+    "set either resume=<run dir> (continue that run in place) or ckpt_path=<checkpoint> "
+    "(start a new run from it), not both."
+)
+
+
+def resumable_checkpoint(run_dir: Path, option: str, required: bool = True) -> Path | None:
+    """The checkpoint a run continues from: the newest complete one in ``<run dir>/checkpoints``, whatever its name.
+
+    Normally ``last.ckpt``; after a kill between two checkpoint writes (``epoch_003.ckpt`` in place, ``last.ckpt``
+    still the one of epoch 2) the newer epoch file; a file that does not load (cut short, not a checkpoint) is
+    passed over. Newest by the training step stored inside, ``last.ckpt`` first among equals. With nothing to
+    continue from: a UserError if ``required``, else None.
+    """
+    folder = run_dir / "checkpoints"
+    found: list[tuple[tuple[int, int, bool], Path]] = []
+    refused: list[str] = []
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        try:
+            checkpoint = load_checkpoint(path, option)
+        except UserError as err:
+            refused.append(str(err))
+            continue
+        key = (int(checkpoint.get("global_step", -1)), int(checkpoint.get("epoch", -1)), path.name == LAST_NAME)
+        found.append((key, path))
+    if found:
+        newest = max(found)[1]
+        if newest.name != LAST_NAME:
+            log.warning("%s: continuing from %s, the newest complete checkpoint", option, newest.name)
+        return newest
+    if not required:
+        return None
+    if refused:
+        raise UserError(
+            f"{refused[-1].rstrip('.')}; no other checkpoint of this run loads, so there is nothing to continue."
+        )
+    raise UserError(
+        f"{option}: {run_dir.resolve() / LAST_CHECKPOINT} does not exist, so there is nothing to continue "
+        "(the run stopped before its first checkpoint); start a new run instead."
+    )
+
+
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -82,8 +133,8 @@ def checkpoint_of_requeued_job(output_dir: Path) -> str | None:
     Lightning pick the newest), else from ``last.ckpt``; with neither it starts afresh."""
     if list(output_dir.glob("hpc_ckpt_*.ckpt")):
         return None
-    checkpoint = output_dir / LAST_CHECKPOINT
-    return str(checkpoint) if checkpoint.is_file() else None
+    checkpoint = resumable_checkpoint(output_dir, "requeued job", required=False)
+    return str(checkpoint) if checkpoint else None
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
@@ -96,21 +147,18 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     if not resume and not cfg.get("ckpt_path") and requeued_slurm_job():
         return checkpoint_of_requeued_job(Path(cfg.paths.output_dir))
     if not resume:
+        if cfg.get("ckpt_path"):
+            load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
         return cfg.get("ckpt_path")
     if cfg.get("ckpt_path"):
-        raise UserError(
-            "set either resume=<run dir> (continue that run in place) or ckpt_path=<checkpoint> "
-            "(start a new run from it), not both."
-        )
+        raise UserError(BOTH_GIVEN)
     output_dir = Path(cfg.paths.output_dir)
-    checkpoint = output_dir / LAST_CHECKPOINT
     if is_multirun():
-        return str(checkpoint) if checkpoint.is_file() else None
+        checkpoint = resumable_checkpoint(output_dir, f"resume={resume}", required=False)
+        return str(checkpoint) if checkpoint else None
     if output_dir.resolve() != Path(resume).resolve():
         raise UserError(
             f"resume={resume} but this run writes into {output_dir}; leave hydra.run.dir at its default, "
             "which follows resume."
         )
-    if not checkpoint.is_file():
-        raise UserError(f"resume={resume}: {checkpoint} does not exist, so there is nothing to continue.")
-    return str(checkpoint)
+    return str(resumable_checkpoint(output_dir, f"resume={resume}"))

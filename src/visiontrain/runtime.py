@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from visiontrain import console
-from visiontrain.errors import UserError
+from visiontrain.errors import TrainingDiverged, UserError
 
 log = logging.getLogger("visiontrain")
 
@@ -35,15 +36,27 @@ def resume_or(resume: str | None, default: str) -> str:
     return str(resume) if resume not in (None, "") else default
 
 
-def new_run_dir(parent: str, time: str, job: str, data: str | None = None, model: str | None = None) -> str:
+def new_run_dir(
+    parent: str, time: str, job: str, data: str | None = None, model: str | None = None, resume: str | None = None
+) -> str:
     """``<parent>/<time>_<data>_<model>`` for training runs (``<parent>/<time>`` for the other entry points),
-    with ``_2``, ``_3``... when a run of the same second already holds that name."""
+    with ``_2``, ``_3``... when a run of the same second already holds that name.
+
+    The folder is created here, exclusively: of two runs started in the same second (even at the same moment),
+    each gets a folder of its own. ``resume``: the folder being resumed, returned as it is; OmegaConf resolves
+    every argument of ``resume_or``, so this is also called for a resumed run, which must not get a new folder."""
+    if resume not in (None, ""):
+        return str(resume)
     name = f"{time}_{data}_{model}" if job == "train" and data and model else time
+    Path(parent).mkdir(parents=True, exist_ok=True)
     candidate, n = Path(parent) / name, 1
-    while candidate.exists():
-        n += 1
-        candidate = Path(parent) / f"{name}_{n}"
-    return str(candidate)
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+            candidate = Path(parent) / f"{name}_{n}"
 
 
 def best_checkpoint(task_name: str, *, _root_: DictConfig) -> str:
@@ -146,10 +159,21 @@ def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfi
                 raise
             sentence = one_sentence(cause)
             log.error(sentence, extra={"console": False})
+            if isinstance(cause, TrainingDiverged) and in_multirun():
+                # this trial failed, not the sweep: Hydra records the job as failed and the sweeper goes on
+                print(f"error: {sentence}", file=sys.stderr)
+                raise cause from None
             remove_unstarted_run_dir(cfg)
             raise SystemExit(f"error: {sentence}") from None
 
     return wrapper
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def remove_unstarted_run_dir(cfg: DictConfig) -> None:
@@ -164,6 +188,7 @@ def remove_unstarted_run_dir(cfg: DictConfig) -> None:
     if hydra_cfg.mode != RunMode.RUN or cfg.get("resume") or rank_zero_only.rank != 0:
         return
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # (a .lock is another run's: this run gives its own back before it gets here)
     own = {".hydra", f"{hydra_cfg.job.name}.log", "config.yaml"}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= own and run_dir.resolve() != Path.cwd().resolve():
         import shutil
@@ -177,6 +202,20 @@ def remove_unstarted_run_dir(cfg: DictConfig) -> None:
                 break
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse, in one sentence, values that would otherwise fail deep inside the DataLoader or the Trainer."""
+    for key in ("data.batch_size", "data.eval_batch_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{key}={value}: give a whole number of images per batch, 1 or more.")
+    workers = OmegaConf.select(cfg, "data.num_workers", default=None)
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise UserError(f"data.num_workers={workers}: give 0 (load in the main process) or more worker processes.")
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs is not None and (not isinstance(epochs, int) or epochs < -1):
+        raise UserError(f"trainer.max_epochs={epochs}: give a number of epochs, 1 or more (-1: no limit).")
 
 
 def prepare_run(cfg: DictConfig) -> None:

@@ -15,8 +15,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain import cli_checks, console, ddp, resume, runtime
-from visiontrain.callbacks import ConfigInCheckpoint, ContinuedTensorBoardRun, RandomStateInCheckpoint
+from visiontrain import cli_checks, console, ddp, resume, run_lock, runtime
+from visiontrain.callbacks import (
+    ConfigInCheckpoint,
+    ContinuedTensorBoardRun,
+    MetricsInCheckpoint,
+    RandomStateInCheckpoint,
+)
 from visiontrain.errors import UserError
 from visiontrain.models import weights
 from visiontrain.runtime import CONFIG_DIR
@@ -25,7 +30,20 @@ log = logging.getLogger("visiontrain")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    """Hold the run folder (visiontrain.run_lock) for the whole run; clear what interrupted writes left in it."""
+    if not run_lock.first_process():
+        return _train(cfg)
+    run_lock.acquire(cfg.paths.output_dir)
+    try:
+        run_lock.remove_leftovers(cfg.paths.output_dir)
+        return _train(cfg)
+    finally:
+        run_lock.release(cfg.paths.output_dir)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume.checkpoint_to_resume(cfg)
+    runtime.check_values(cfg)
     runtime.prepare_run(cfg)
 
     datamodule = instantiate(cfg.data)
@@ -41,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(instantiate(cfg.finetune))
     sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
-    callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint()]
+    record = MetricsInCheckpoint()
+    callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint(), record]
     callbacks.append(console.RunHeader(runtime.choice(cfg, "data"), runtime.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
@@ -56,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # a run resumed after its last epoch logs nothing new: its record comes from the checkpoint it resumed
+        metrics.update(record.restored)
         metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
 
     if cfg.get("test") and getattr(datamodule, "has_test_split", True):
@@ -80,13 +101,28 @@ def run(cfg: DictConfig) -> float | None:
     return metrics.get(optimized) if optimized else None
 
 
+def named_folder(args: list[str], prefix: str) -> str | None:
+    values = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith(prefix)]
+    return values[-1] if values and values[-1] not in ("", "null") else None
+
+
 def main() -> None:
     """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.resume); a DDP
     process of a multirun job runs that job's command line (visiontrain.ddp). Mistyped keys, group options and
     Trainer arguments are refused before Hydra creates the run folder (visiontrain.cli_checks)."""
     try:
-        sys.argv[1:] = resume.resume_command_line(ddp.job_command_line(sys.argv[1:]))
-        cli_checks.check_overrides("train", sys.argv[1:])
+        args = ddp.job_command_line(sys.argv[1:])
+        # a folder named on the command line is taken before anything is written into it (the records of a
+        # resumed attempt, Hydra's .hydra/ and train.log): a second run on it is refused first
+        single = not {"-m", "--multirun"} & set(args) and run_lock.first_process()
+        resumed = named_folder(args, "resume=")
+        if single and resumed and Path(resumed).is_dir():
+            run_lock.acquire(resumed)
+        args = resume.resume_command_line(args)
+        cli_checks.check_overrides("train", args)
+        if single and named_folder(args, "hydra.run.dir="):
+            run_lock.acquire(named_folder(args, "hydra.run.dir="))
+        sys.argv[1:] = args
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     run()

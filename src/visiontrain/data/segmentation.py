@@ -8,7 +8,10 @@ image only), loaders — lives here.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from visiontrain import preprocessing
-from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
+from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb, undecodable
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -115,21 +118,88 @@ class SegmentationFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
         image = load_rgb(str(image_path))
-        values = read_index_mask(mask_path)
-        if values.shape != (image.height, image.width):
-            raise UserError(
-                f"mask {mask_path} is {values.shape[1]}x{values.shape[0]} but image {image_path} is "
-                f"{image.width}x{image.height}."
-            )
-        classes = self.to_classes(values).astype(np.int64)
-        bad = np.unique(classes[(classes >= self.num_classes) & (classes != self.ignore_index)])
-        if bad.size:
-            raise UserError(
-                f"mask {mask_path} holds values {bad[:10].tolist()} outside the {self.num_classes} declared classes "
-                f"(0-{self.num_classes - 1}) and the ignore index {self.ignore_index}."
-            )
+        classes = checked_classes(
+            image_path, (image.width, image.height), mask_path, self.to_classes, self.num_classes, self.ignore_index
+        )
         image, mask = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(classes))
         return image, mask
+
+
+def checked_classes(
+    image_path: Path,
+    image_size: tuple[int, int],
+    mask_path: Path,
+    to_classes: MaskMapping,
+    num_classes: int,
+    ignore_index: int,
+) -> np.ndarray:
+    """The class index of every pixel of a mask, or a UserError naming the file: a mask of another size than its
+    image (``image_size``: width, height), or values that are neither a declared class nor the ignore index."""
+    values = read_index_mask(mask_path)
+    width, height = image_size
+    if values.shape != (height, width):
+        raise UserError(
+            f"mask {mask_path} is {values.shape[1]}x{values.shape[0]} but image {image_path} is {width}x{height}."
+        )
+    classes = to_classes(values).astype(np.int64)
+    bad = np.unique(classes[(classes >= num_classes) & (classes != ignore_index)])
+    if bad.size:
+        raise UserError(
+            f"mask {mask_path} holds values {bad[:10].tolist()} outside the {num_classes} declared classes "
+            f"(0-{num_classes - 1}) and the ignore index {ignore_index}."
+        )
+    return classes
+
+
+def _fingerprint(image: Path, mask: Path) -> list:
+    image_stat, mask_stat = image.stat(), mask.stat()
+    return [str(image), image_stat.st_size, image_stat.st_mtime_ns, mask_stat.st_size, mask_stat.st_mtime_ns]
+
+
+def check_cache_file(rules: str, pairs: Sequence[Pair]) -> Path:
+    """Where the pairs already checked under ``rules`` are remembered: one small JSON file per set of mask folders
+    and rules, in ``$XDG_CACHE_HOME/visiontrain`` (``~/.cache``), as data folders are often read-only."""
+    import hashlib
+
+    folders = sorted({str(Path(mask).parent.resolve()) for _, mask in pairs})
+    key = hashlib.sha1(json.dumps([rules, folders]).encode()).hexdigest()[:20]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "visiontrain" / "checked_masks"
+    return cache / f"{key}.json"
+
+
+def check_pairs(pairs: Sequence[Pair], to_classes: MaskMapping, num_classes: int, ignore_index: int, name: str) -> None:
+    """Check every (image, mask) pair once, at set-up: sizes agree and mask values are classes or the ignore index.
+
+    Otherwise a bad mask surfaces only when a batch draws it, maybe after hours of training (at test, for a test
+    image). Images are not decoded (their header gives the size); masks are. Pairs that passed are remembered by
+    file size and modification time, so a second start reads only new or changed files.
+    """
+    rules = json.dumps([sorted(to_classes.mapping.items()), to_classes.others, num_classes, ignore_index])
+    cache = check_cache_file(rules, pairs)
+    try:
+        passed = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        passed = {}
+    unchanged = {}
+    checked = 0
+    for image_path, mask_path in pairs:
+        fingerprint = _fingerprint(image_path, mask_path)
+        if passed.get(str(mask_path)) != fingerprint:
+            try:
+                with Image.open(image_path) as image:
+                    size = image.size
+            except Exception as err:
+                raise undecodable(str(image_path), err) from err
+            checked_classes(image_path, size, mask_path, to_classes, num_classes, ignore_index)
+            checked += 1
+        unchanged[str(mask_path)] = fingerprint
+    if checked:
+        log.info("%s: checked %d image/mask pairs (%d remembered from before)", name, checked, len(pairs) - checked)
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({**passed, **unchanged}))
+            os.replace(temporary, cache)
 
 
 class SegmentationDataModule(SplitDataModule):
@@ -223,6 +293,8 @@ class SegmentationDataModule(SplitDataModule):
         for split, pairs in splits.items():
             if not pairs:
                 raise UserError(f"{self.name}: the {split} split is empty.")
+        every_pair = [pair for pairs in splits.values() for pair in pairs]
+        check_pairs(every_pair, self.mask_mapping, self.num_classes, self.ignore_index, self.name)
 
         def dataset(split: str, transform) -> SegmentationFiles:
             return SegmentationFiles(splits[split], self.mask_mapping, self.num_classes, self.ignore_index, transform)

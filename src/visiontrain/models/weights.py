@@ -59,11 +59,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         content: Any = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        from visiontrain.checkpoint_io import unloadable_reason
+
         raise UserError(
-            f"{path} is not a state dict that loads safely with weights_only=True ({first[:200]}); "
+            f"{path} is not a state dict that loads safely with weights_only=True: {unloadable_reason(err)}; "
             "save the weights with torch.save(model.state_dict(), ...) or as .safetensors."
-        ) from err
+        ) from None
     lightning = isinstance(content, Mapping) and "pytorch-lightning_version" in content
     while isinstance(content, Mapping) and not _all_tensors(content):
         nested = next((content[k] for k in NESTED_STATE_KEYS if isinstance(content.get(k), Mapping)), None)

@@ -3,6 +3,7 @@ names in checkpoints, and the dry run that checks a network against its data bef
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +87,8 @@ class VisionTask(LightningModule):
 
     def on_train_start(self) -> None:
         scheduler = self.lr_schedulers()
-        planned, needed = getattr(scheduler, "total_steps", None), int(self.trainer.estimated_stepping_batches)
+        planned = getattr(scheduler, "total_steps", None)
+        needed = int(self.trainer.estimated_stepping_batches) if planned is not None else None
         if planned is not None and planned != needed:  # a resumed OneCycle keeps the length it was built with
             raise UserError(
                 f"the checkpoint's learning-rate schedule of {planned} steps cannot continue into a run that now "
@@ -126,7 +128,14 @@ class VisionTask(LightningModule):
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):  # max_epochs=-1 (no end) and no max_steps
+            raise UserError(
+                f"trainer.max_epochs={self.trainer.max_epochs} trains without end, but the learning-rate schedule "
+                "needs the number of steps; give trainer.max_epochs (or trainer.max_steps), or set "
+                "model.scheduler=null."
+            )
+        total_steps = int(total_steps)
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
         # logged by LearningRateMonitor as train/lr/<group name>, beside the training curves
         schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
