@@ -131,7 +131,7 @@ def test_finetune_staged_from_the_command_line_config(make_config, tmp_path, cap
     with caplog.at_level(logging.INFO, logger="visiontrain"):
         metrics = train(cfg)
     assert "test/acc" in metrics
-    assert "epoch 0: backbone frozen, 1539 trainable parameters; learning rates backbone=" in caplog.text
+    assert "epoch 1: backbone frozen, 1539 trainable parameters; learning rates backbone=" in caplog.text
 
 
 def test_every_family_has_a_backbone_and_a_head():

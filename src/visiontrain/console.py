@@ -34,11 +34,32 @@ NOISE = (
 )
 
 
+# Lightning's information lines that do say something to our user (a cluster job's requeueing)
+KEPT_INFO = ("SLURM", "Requeuing")
+
+
+class LightningInfoFilter(logging.Filter):
+    """Lets through Lightning's warnings and errors, and of its information lines only those in KEPT_INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or any(kept in record.getMessage() for kept in KEPT_INFO)
+
+
 def quiet_third_party() -> None:
     """Lightning's INFO lines (GPU/TPU available, tips, 'restoring states') and ONNX exporters' progress
     messages stay out of the console and the log; their warnings and errors still show."""
     for name in ("lightning.pytorch", "lightning.fabric", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning says most things through rank_zero_info / rank_zero_warn, its SLURM handling through its own
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    ):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not any(isinstance(f, LightningInfoFilter) for f in logger.filters):
+            logger.addFilter(LightningInfoFilter())
     for pattern in NOISE:
         warnings.filterwarnings("ignore", message=pattern)
 

@@ -11,14 +11,23 @@ is in the stage its epoch belongs to.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from visiontrain.errors import UserError
 from visiontrain.models.parts import in_backbone
+
+log = logging.getLogger("visiontrain")
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """The stage changes on the console and in the run's log (once, from rank zero)."""
+    log.info(message)
 
 
 class StagedFinetuning(Callback):
@@ -53,9 +62,7 @@ class StagedFinetuning(Callback):
         if any(getattr(p, "loaded_weights", False) for p in net.parameters()):
             fresh = [p for p in backbone if not getattr(p, "loaded_weights", False)]
             if fresh:
-                rank_zero_info(
-                    f"finetune: {len(fresh)} backbone tensors were not loaded from weights and train from the start"
-                )
+                say(f"finetune: {len(fresh)} backbone tensors were not loaded from weights and train from the start")
             backbone = [p for p in backbone if getattr(p, "loaded_weights", False)]
         self._backbone = backbone
         self._backbone_norms = [
@@ -79,8 +86,8 @@ class StagedFinetuning(Callback):
                 f"{group.get('name', i)}={group['lr']:.3g}"
                 for i, group in enumerate(trainer.optimizers[0].param_groups)
             )
-            rank_zero_info(
-                f"epoch {trainer.current_epoch}: backbone {'frozen' if frozen else 'trainable'}, "
+            say(
+                f"epoch {trainer.current_epoch + 1}: backbone {'frozen' if frozen else 'trainable'}, "
                 f"{trainable} trainable parameters; learning rates {lrs}"
             )
             self._frozen = frozen
