@@ -37,17 +37,26 @@ def resume_or(resume: str | None, default: str) -> str:
 
 
 def new_run_dir(
-    parent: str, time: str, job: str, data: str | None = None, model: str | None = None, resume: str | None = None
+    parent: str,
+    time: str,
+    job: str,
+    data: str | None = None,
+    model: str | None = None,
+    resume: str | None = None,
+    mode: Any = None,
 ) -> str:
     """``<parent>/<time>_<data>_<model>`` for training runs (``<parent>/<time>`` for the other entry points),
     with ``_2``, ``_3``... when a run of the same second already holds that name.
 
     The folder is created here, exclusively: of two runs started in the same second (even at the same moment),
     each gets a folder of its own. ``resume``: the folder being resumed, returned as it is; OmegaConf resolves
-    every argument of ``resume_or``, so this is also called for a resumed run, which must not get a new folder."""
+    every argument of ``resume_or``, so this is also called for a resumed run, which must not get a new folder.
+    ``mode``: Hydra's run mode; a multirun also resolves ``hydra.run.dir``, which must not make a folder then."""
     if resume not in (None, ""):
         return str(resume)
     name = f"{time}_{data}_{model}" if job == "train" and data and model else time
+    if str(mode).endswith("MULTIRUN"):  # a sweep's jobs write under hydra.sweep.dir: this folder is never used
+        return str(Path(parent) / name)
     Path(parent).mkdir(parents=True, exist_ok=True)
     candidate, n = Path(parent) / name, 1
     while True:
