@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import itertools
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +296,12 @@ def suggestions(cfg: DictConfig, parts: list[str], missing: int | None) -> list[
     ending = "." + ".".join(parts[len(parent.split(".")) if parent else 0 :])
     same_end = [k for k in all_keys(cfg) if k.endswith(ending) and k.startswith(f"{parent}." if parent else "")]
     return sorted(same_end, key=len)[:3]
+
+
+def checked_main(config_name: str, run: Callable[[], Any]) -> None:
+    """An entry point's command: the overrides checked (one ``error:`` sentence, exit 1), then the Hydra app."""
+    try:
+        check_overrides(config_name, sys.argv[1:])
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    run()

@@ -6,7 +6,6 @@ The model config travels inside visiontrain checkpoints, so ``model=`` is only n
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -94,11 +93,7 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
-    try:
-        cli_checks.check_overrides("eval", sys.argv[1:])
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    run()
+    cli_checks.checked_main("eval", run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,11 +270,7 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
-    try:
-        cli_checks.check_overrides("export", sys.argv[1:])
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    run()
+    cli_checks.checked_main("export", run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import csv
 import glob
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -197,11 +196,7 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
-    try:
-        cli_checks.check_overrides("predict", sys.argv[1:])
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    run()
+    cli_checks.checked_main("predict", run)
 
 
 if __name__ == "__main__":
