@@ -11,11 +11,12 @@ test:  ## the fast suite (a few minutes on 2 CPU cores); real-data tests run whe
 test-all:  ## everything, including the slow end-to-end runs
 	$(PYTHON) -m pytest --durations=10
 
-lint:
-	$(PYTHON) -m ruff check src tests bench train.py eval.py
+lint:  ## every Python file of the project: ruff's checks and its formatting, nothing changed
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
-format:
-	$(PYTHON) -m ruff format src tests bench train.py eval.py
+format:  ## reformat every Python file of the project
+	$(PYTHON) -m ruff format .
 
 train:  ## the default run: simple_cnn on MNIST
 	$(PYTHON) train.py

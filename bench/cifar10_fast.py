@@ -26,6 +26,7 @@ import time
 PROCESS_START = time.perf_counter()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -91,7 +92,7 @@ def framework_arm(args, seed: int) -> tuple[list[tuple[int, float, float]], floa
         f"data.batch_size={args.batch_size}",
         f"model.optimizer.lr={args.lr}",
         f"model.net.widths=[{','.join(map(str, args.widths))}]",
-        f"model.net.channels_last={args.channels_last}",
+        f"model.channels_last={args.channels_last}",
         "trainer.accelerator=cpu",
         "extras.print_config=false",
         "logger=none",
@@ -142,10 +143,11 @@ def step_rates(args) -> None:
     for _ in range(args.rounds):
         for (widths, batch), (cl, bf16) in rates:
             torch.manual_seed(0)
-            net = AirbenchNet(widths=widths, channels_last=cl)
+            net = AirbenchNet(widths=widths).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             params = [p for p in net.parameters() if p.requires_grad]
             opt = torch.optim.SGD(params, lr=0.01, momentum=0.85, nesterov=True)
             x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
             times = []
             for _ in range(args.rate_steps + 1):  # the first step sets oneDNN up: not counted
                 start = time.perf_counter()
@@ -158,11 +160,40 @@ def step_rates(args) -> None:
                 times.append(time.perf_counter() - start)
             rates[(widths, batch), (cl, bf16)].append(batch / statistics.median(times[1:]))
     print(f"\ntraining images/s of the network alone (median of {args.rounds} alternating rounds); CPU: {cpu_name()}")
-    print("| widths | batch | fp32 NCHW | fp32 channels_last | bf16 autocast NCHW | bf16 autocast channels_last |")
-    print("|---|---|---|---|---|---|")
+    names = [f"{'bf16 autocast' if bf16 else 'fp32'} {'channels_last' if cl else 'NCHW'}" for cl, bf16 in variants]
+    print("| widths | batch | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(variants))
     for widths, batch in configs:
         cells = " | ".join(f"{statistics.median(rates[(widths, batch), v]):.0f}" for v in variants)
         print(f"| {'/'.join(map(str, widths))} | {batch} | {cells} |", flush=True)
+
+
+def plot(results: dict, args, test_name: str) -> None:
+    """Accuracy after each epoch against wall time, one line per arm and seed, the goal's box shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for (arm, seed), (records, _, _) in results.items():
+        minutes = [t / 60 for _, t, _ in records]
+        accs = [acc * 100 for _, _, acc in records]
+        ax.plot(minutes, accs, marker="o" if arm == "framework" else "s", linestyle="-" if arm == "framework" else "--",
+                label=f"{arm}, seed {seed}")  # fmt: skip
+    ax.axhline(94, color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(15, color="grey", linewidth=0.8, linestyle=":")
+    ax.annotate("goal: 94 % in 15 min", (15, 94), textcoords="offset points", xytext=(-110, 4), fontsize=8)
+    ax.set_xlabel("wall time since start (min)")
+    ax.set_ylabel(f"test accuracy (%), {test_name}")
+    widths = "/".join(map(str, args.widths))
+    ax.set_title(f"experiment=cifar10_fast: widths {widths}, batch {args.batch_size}, {args.epochs} epochs\n"
+                 f"{cpu_name()}", fontsize=8)  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.plot)
+    print(f"plot: {args.plot}")
 
 
 def first_reaching(records, target: float) -> float | None:
@@ -179,9 +210,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1.5, help="1.5 at batch 1024; scale with the batch size")
     parser.add_argument("--arms", nargs="+", default=["framework", "plain"], choices=["framework", "plain"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--override", nargs="*", default=[])
+    parser.add_argument("--plot", default=None, help="write accuracy against wall time to this PNG")
+    parser.add_argument("--json", default=None, help="write the per-epoch records to this JSON file")
     parser.add_argument("--step-rates", action="store_true", help="only measure the network's training img/s")
     parser.add_argument("--rate-widths", type=lambda s: [int(v) for v in s.split("/")], nargs="+",
                         default=[[64, 256, 256], [32, 64, 64]])  # fmt: skip
@@ -221,6 +254,12 @@ def main() -> None:
         totals = [results[arm, s][1] for s in args.seeds]
         print(f"{arm}: mean final test acc {sum(finals) / len(finals):.4f} over seeds {args.seeds}, "
               f"mean wall {sum(totals) / len(totals):.0f} s")  # fmt: skip
+    if args.json:
+        records = [{"arm": arm, "seed": seed, "epochs": [list(r) for r in rec], "total_s": total, "final_acc": final}
+                   for (arm, seed), (rec, total, final) in results.items()]  # fmt: skip
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "args": vars(args), "runs": records}, indent=1))
+    if args.plot:
+        plot(results, args, test_name)
     if set(args.arms) == {"framework", "plain"}:
         for seed in args.seeds:
             fw, pl = results["framework", seed][0], results["plain", seed][0]

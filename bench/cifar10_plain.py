@@ -85,8 +85,10 @@ def train(
     after each epoch (the caller evaluates there, off its clock)."""
     train_x, train_y, _, _ = data
     torch.manual_seed(seed)
-    net = AirbenchNet(num_classes=10, widths=widths, channels_last=channels_last)
+    net = AirbenchNet(num_classes=10, widths=widths)
     net.init_from_batch(normalise(train_x[torch.randperm(len(train_y))[:5000]]))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(memory_format=memory_format)
 
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
@@ -117,6 +119,7 @@ def train(
         for i in range(steps_per_epoch):
             index = order[i * batch_size : (i + 1) * batch_size]
             x, y = normalise(augment(train_x[index], crop_padding)), train_y[index]
+            x = x.contiguous(memory_format=memory_format)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)

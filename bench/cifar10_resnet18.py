@@ -8,7 +8,7 @@ extrapolated from the steady steps' rate to the 45,000 training images of one ep
 an extrapolation from a fraction of an epoch, not a measured epoch.
 
     DATA_DIR=/work/shared/datasets python bench/cifar10_resnet18.py [--steps 8] [--warmup 2] [--batch-size 256] \
-        [--variants eager compile bf16 compile+bf16]
+        [--variants eager channels_last compile channels_last+compile bf16 channels_last+bf16]
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from visiontrain.runtime import compose_config  # noqa: E402
 from visiontrain.train import train  # noqa: E402
 
 VARIANTS = {
-    "eager": [],
-    "compile": ["model.compile=true"],
-    "bf16": ["trainer.precision=bf16-mixed"],
-    "compile+bf16": ["model.compile=true", "trainer.precision=bf16-mixed"],
+    "eager": ["model.channels_last=false"],
+    "channels_last": ["model.channels_last=true"],
+    "compile": ["model.channels_last=false", "model.compile=true"],
+    "channels_last+compile": ["model.channels_last=true", "model.compile=true"],
+    "bf16": ["model.channels_last=false", "trainer.precision=bf16-mixed"],
+    "channels_last+bf16": ["model.channels_last=true", "trainer.precision=bf16-mixed"],
 }
 
 

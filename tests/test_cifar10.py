@@ -196,6 +196,28 @@ def test_flip_tta_and_bias_learning_rate_groups():
         ClassificationModule(net, partial(torch.optim.SGD, lr=0.1), 10, tta="mirror")
 
 
+def test_channels_last_changes_the_memory_format_not_the_results():
+    from functools import partial
+
+    from visiontrain.models.airbench import AirbenchNet
+    from visiontrain.tasks.classification import ClassificationModule
+
+    torch.manual_seed(0)
+    plain_net, nhwc_net = AirbenchNet(widths=(8, 16, 16)), AirbenchNet(widths=(8, 16, 16))
+    nhwc_net.load_state_dict(plain_net.state_dict())
+    plain, nhwc = (ClassificationModule(net, partial(torch.optim.SGD, lr=0.1), 10, channels_last=cl)
+                   for net, cl in ((plain_net, False), (nhwc_net, True)))  # fmt: skip
+    for module in (plain, nhwc):
+        module.eval()
+    conv = nhwc.net.layers[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.net.layers[0].conv1.weight.is_contiguous()
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(nhwc(images), plain(images), atol=1e-5)
+    # the same parameter names and values: checkpoints move between the two
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), nhwc.state_dict().values()))
+
+
 def test_lookahead_ends_on_the_slow_weights():
     from types import SimpleNamespace
 

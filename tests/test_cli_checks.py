@@ -76,3 +76,11 @@ def test_the_command_refuses_a_typo_before_hydra_creates_a_run_folder(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "error: trainer.max_epoch is not a config key; did you mean trainer.max_epochs?" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_base_configs_are_not_options():
+    with pytest.raises(UserError, match="model=_base/detector is not an option of model"):
+        check_overrides("train", ["model=_base/detector"])
+    with pytest.raises(UserError, match="model/_base holds configs that other configs build on"):
+        check_overrides("train", ["model/_base=detector"])
+    check_overrides("train", ["model=fasterrcnn", "data=pennfudan", "model.net.variant=resnet50_fpn"])

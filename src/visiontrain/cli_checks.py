@@ -88,8 +88,13 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         check_keys(config_name, config_dirs, choices, keys)
 
 
+def is_base(path: str) -> bool:
+    """A folder or file whose name starts with ``_`` (``model/_base/detector``): built on, never chosen."""
+    return any(part.startswith("_") for part in path.split("/"))
+
+
 def is_group(name: str, config_dirs: list[Path]) -> bool:
-    return any((d / name).is_dir() for d in config_dirs)
+    return not is_base(name) and any((d / name).is_dir() for d in config_dirs)
 
 
 def group_options(group: str, config_dirs: list[Path]) -> list[str]:
@@ -97,7 +102,9 @@ def group_options(group: str, config_dirs: list[Path]) -> list[str]:
 
 
 def is_option(group: str, option: str, config_dirs: list[Path]) -> bool:
-    # an option may sit in a subfolder of the group (group=sub/option)
+    # an option may sit in a subfolder of the group (group=sub/option), but not in _base/
+    if is_base(option):
+        return False
     return any((d / group / f"{option}{suffix}").is_file() for d in config_dirs for suffix in (".yaml", ".yml"))
 
 
@@ -130,7 +137,7 @@ def check_options(override: Override, config_dirs: list[Path]) -> None:
 def group_names(config_dirs: list[Path]) -> list[str]:
     """Every group folder (model, model/optimizer, ...) but Hydra's own."""
     names = {p.relative_to(d).as_posix() for d in config_dirs for p in d.rglob("*") if p.is_dir()}
-    return sorted(n for n in names if n.split("/")[0] != "hydra")
+    return sorted(n for n in names if n.split("/")[0] != "hydra" and not is_base(n))
 
 
 def check_group_name(override: Override, config_dirs: list[Path]) -> None:
@@ -138,6 +145,8 @@ def check_group_name(override: Override, config_dirs: list[Path]) -> None:
     name = override.key_or_group
     if "/" not in name:
         return
+    if is_base(name):
+        raise UserError(f"{name} holds configs that other configs build on, not options to choose")
     groups = group_names(config_dirs)
     near = difflib.get_close_matches(name, groups, n=1)
     hint = f"; did you mean {override.input_line.replace(name, near[0], 1)}?" if near else ""

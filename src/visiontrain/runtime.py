@@ -27,7 +27,7 @@ from visiontrain.errors import TrainingDiverged, UserError
 
 log = logging.getLogger("visiontrain")
 
-# conf/ at the project root, reached through the package's conf symlink (also in wheels)
+# conf/ at the project root, reached through the package's conf symlink; a wheel holds a copy (pyproject.toml)
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 

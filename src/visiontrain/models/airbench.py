@@ -84,7 +84,6 @@ class AirbenchNet(nn.Module):
         whiten_kernel_size: int = 2,
         bn_momentum: float = 0.6,
         scaling_factor: float = 1 / 9,
-        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != 3:
@@ -101,11 +100,8 @@ class AirbenchNet(nn.Module):
         self.pool = nn.MaxPool2d(3)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scaling_factor = scaling_factor
-        self.channels_last = channels_last
         # 1 once the whitening filters come from data: saved with the weights, so it is not redone on resume
         self.register_buffer("whitened", torch.zeros((), dtype=torch.uint8))
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
 
     # how many training images init_from_batch wants (airbench: the first 5000)
     init_images = 5000
@@ -126,8 +122,6 @@ class AirbenchNet(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         x = self.layers(self.activ(self.whiten(x)))
         x = self.pool(x).flatten(1)
         return self.head(x) * self.scaling_factor

@@ -39,6 +39,7 @@ class VisionTask(LightningModule):
         num_classes: int,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
+        channels_last: bool = False,
         **architecture: Any,
     ) -> None:
         super().__init__()
@@ -53,6 +54,9 @@ class VisionTask(LightningModule):
         self.scheduler_factory = scheduler
         self.decay_norm_and_bias = decay_norm_and_bias
         self.compile_net = compile
+        self.channels_last = channels_last
+        if channels_last:  # NHWC weights (loading a state dict keeps the format); inputs follow in to_memory_format
+            self.net.to(memory_format=torch.channels_last)
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -70,6 +74,11 @@ class VisionTask(LightningModule):
             ) from err
         finally:
             self.net.train(was_training)
+
+    def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        """Image batches in the network's memory format: NHWC under ``channels_last`` (oneDNN's and cuDNN's
+        faster layout for many conv nets), else as they come."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def check_num_classes(self, num_classes: int, data_name: str) -> None:
         if num_classes != self.hparams.num_classes:

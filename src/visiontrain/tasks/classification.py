@@ -64,12 +64,15 @@ class ClassificationModule(VisionTask):
         cutmix_alpha: float = 0.0,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
+        channels_last: bool = False,
         test_images_logged: int = 32,
         tta: str = "none",
         bias_lr_scale: float = 1.0,
         **architecture: Any,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
+        super().__init__(
+            net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, channels_last, **architecture
+        )
         if tta not in TTA_MODES:
             raise UserError(f"model.tta={tta!r}: choose one of {', '.join(TTA_MODES)}.")
         if bias_lr_scale <= 0:
@@ -134,7 +137,7 @@ class ClassificationModule(VisionTask):
         return torch.cat(parts)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(self.to_memory_format(images))
 
     def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for validation and test, with the test-time augmentation of ``model.tta``."""

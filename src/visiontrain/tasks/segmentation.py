@@ -64,11 +64,14 @@ class SegmentationModule(VisionTask):
         aux_weight: float = 0.5,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
+        channels_last: bool = False,
         overlay_every_n_epochs: int = 1,
         overlay_images: int = 8,
         **architecture: Any,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, **architecture)
+        super().__init__(
+            net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, channels_last, **architecture
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         if ce_weight <= 0 and dice_weight <= 0:
             raise UserError("model.ce_weight and model.dice_weight are both 0: there is no loss to train with.")
@@ -110,7 +113,7 @@ class SegmentationModule(VisionTask):
         return output["out"] if isinstance(output, dict) else output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.net(images))
+        return self.logits(self.net(self.to_memory_format(images)))
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = self.hparams.ce_weight * self.cross_entropy(logits, masks) if self.hparams.ce_weight > 0 else 0.0
@@ -121,7 +124,7 @@ class SegmentationModule(VisionTask):
     # --- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        output = self.net(images)
+        output = self.net(self.to_memory_format(images))
         logits = self.logits(output)
         loss = self.loss(logits, masks)
         if isinstance(output, dict) and "aux" in output:
