@@ -1,6 +1,6 @@
 """Export a checkpoint: ``python export.py ckpt_path=<file.ckpt> format=onnx`` (see conf/export.yaml)."""
 
-from visiontrain.export import main
+from visiontrain.cli.export import main
 
 if __name__ == "__main__":
     main()

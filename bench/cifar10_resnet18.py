@@ -26,8 +26,8 @@ from lightning import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_fast import cpu_name  # noqa: E402
 
-from visiontrain.runtime import compose_config  # noqa: E402
-from visiontrain.train import train  # noqa: E402
+from visiontrain.cli.train import train  # noqa: E402
+from visiontrain.runs.config import compose_config  # noqa: E402
 
 VARIANTS = {
     "eager": ["model.channels_last=false"],

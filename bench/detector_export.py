@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from visiontrain.export import export
-from visiontrain.runtime import compose_config
-from visiontrain.train import train
+from visiontrain.cli.export import export
+from visiontrain.cli.train import train
+from visiontrain.runs.config import compose_config
 
 FAMILIES = {
     "fasterrcnn": "mobilenet_v3_large_320_fpn",

@@ -46,8 +46,8 @@ def data_dir() -> Path:
 
 
 def visiontrain_rate(root: Path, batch_size: int, steps: int) -> float:
-    from visiontrain.runtime import compose_config
-    from visiontrain.train import train
+    from visiontrain.cli.train import train
+    from visiontrain.runs.config import compose_config
 
     overrides = [
         f"paths.data_dir={root}",

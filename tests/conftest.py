@@ -11,7 +11,7 @@ import pytest
 from omegaconf import DictConfig
 
 from tests import formats
-from visiontrain.runtime import compose_config
+from visiontrain.runs.config import compose_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # keep tests quiet and light: no rich widgets, one thread is plenty for tiny tensors

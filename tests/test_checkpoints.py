@@ -8,7 +8,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from visiontrain.checkpoint_io import AtomicCheckpointIO, EpochCheckpoint, LastCheckpoint
+from visiontrain.runs.checkpoint_io import AtomicCheckpointIO, EpochCheckpoint, LastCheckpoint
 
 
 class ScriptedScore(LightningModule):

@@ -134,7 +134,7 @@ TINY = ["model=airbench", "model.net.widths=[8,16,16]", "model.optimizer.lr=0.2"
 
 
 def test_whitening_is_set_from_training_images_once_and_checkpoints_load_weights_only(make_config):
-    from visiontrain.train import train
+    from visiontrain.cli.train import train
 
     overrides = ["data=cifar10", "data.val_size=100", "data.batch_size=64", "data.cache_dir=null", *TINY,
                  "trainer.max_epochs=1", "trainer.limit_train_batches=2"]  # fmt: skip
@@ -221,7 +221,7 @@ def test_channels_last_changes_the_memory_format_not_the_results():
 def test_lookahead_ends_on_the_slow_weights():
     from types import SimpleNamespace
 
-    from visiontrain.lookahead import Lookahead
+    from visiontrain.callbacks.lookahead import Lookahead
 
     net = torch.nn.Linear(2, 1)
     module = SimpleNamespace(net=net, device=torch.device("cpu"))
@@ -280,8 +280,8 @@ def test_plain_loop_trains_on_tensors():
 @pytest.mark.real_data
 def test_fast_recipe_short_real_run_beats_chance(tmp_path):
     from tests.conftest import QUIET
-    from visiontrain.runtime import compose_config
-    from visiontrain.train import train
+    from visiontrain.cli.train import train
+    from visiontrain.runs.config import compose_config
 
     start = time.perf_counter()
     cfg = compose_config(

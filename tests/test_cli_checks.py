@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_cli
-from visiontrain.cli_checks import check_overrides, split_command_line
+from visiontrain.cli.checks import check_overrides, split_command_line
 from visiontrain.errors import UserError
 
 

@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import PROJECT_ROOT
-from visiontrain.runtime import CONFIG_DIR
-from visiontrain.train import train
+from visiontrain.cli.train import train
+from visiontrain.runs.config import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 

@@ -17,15 +17,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.ops import masks_to_boxes
 
 from tests import detection_formats
+from visiontrain.cli.eval import evaluate
+from visiontrain.cli.train import train
 from visiontrain.data.coco_detection import CocoDetectionDataModule, to_coco_results
 from visiontrain.data.detection_dataset import AspectRatioBatchSampler
 from visiontrain.data.detection_transforms import detection_train_transform
 from visiontrain.data.pennfudan import PennFudanDataModule
 from visiontrain.errors import UserError
-from visiontrain.eval import evaluate
 from visiontrain.models.detection import VARIANTS, build_detector
 from visiontrain.tasks.detection import average_precision, metric_predictions, metric_targets, summary_values
-from visiontrain.train import train
 
 # small inputs and few RoIs: a detector step on tiny images costs well under a second on a CPU
 TINY_R_CNN = [
@@ -436,7 +436,7 @@ DATA_DIR = Path(os.environ.get("DATA_DIR", "/nonexistent"))
 @pytest.mark.real_data
 @pytest.mark.skipif(not (DATA_DIR / "PennFudanPed" / "PedMasks").is_dir(), reason="DATA_DIR does not hold PennFudanPed")
 def test_pennfudan_real_one_epoch_smoke(tmp_path):
-    from visiontrain.runtime import compose_config
+    from visiontrain.runs.config import compose_config
 
     cfg = compose_config(
         "train",
@@ -538,7 +538,7 @@ def test_overfit_a_handful_of_images_reaches_map50_0_9(make_config, tmp_path):
 def test_predict_writes_coco_results_and_drawn_images(make_config, detection_data, tmp_path):
     from pycocotools.coco import COCO
 
-    from visiontrain.predict import predict
+    from visiontrain.cli.predict import predict
 
     overrides = ["data=pennfudan", f"data.root={detection_data / 'PennFudanPed'}", "data.val_size=2",
                  "data.test_size=2", *MODELS["maskrcnn"], *TINY, "trainer.max_epochs=1",

@@ -12,11 +12,12 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from tests import detection_formats
+from visiontrain.cli.export import export
+from visiontrain.cli.predict import predict
+from visiontrain.cli.train import train
 from visiontrain.errors import UserError
-from visiontrain.export import export, match_detections
-from visiontrain.predict import predict
-from visiontrain.runtime import compose_config
-from visiontrain.train import train
+from visiontrain.runs.config import compose_config
+from visiontrain.tasks.detection import match_detections
 
 QUIET = ["extras.print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
 # a few optimizer steps on small images: scores spread out (not the ties of random weights), yet fast
@@ -131,7 +132,7 @@ def test_a_detector_that_detects_differently_is_refused(faster_rcnn, shapes, tmp
     with pytest.raises(UserError, match="export.dynamic_batch=true does not apply to detectors"):
         export(export_config(faster_rcnn, tmp_path / "x.onnx", "export.dynamic_batch=true"))
 
-    import visiontrain.export as export_module
+    import visiontrain.cli.export as export_module
 
     real_load = export_module.load_onnx
 

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from tests.test_train import DATA
-from visiontrain.finetune import StagedFinetuning
-from visiontrain.models.parts import backbone_and_head
+from visiontrain.callbacks.finetune import StagedFinetuning
+from visiontrain.models.backbone import backbone_and_head
 
 IMAGEFOLDER = DATA["imagefolder"]  # 3 classes of 32 px images
 # SGD with momentum and weight decay on every parameter: a frozen parameter must still not move
@@ -125,7 +125,7 @@ def test_backbone_learning_rate_is_scaled_at_every_step(make_config, scheduler):
 def test_finetune_staged_from_the_command_line_config(make_config, tmp_path, caplog):
     import logging
 
-    from visiontrain.train import train
+    from visiontrain.cli.train import train
 
     cfg = make_config("train", [*RESNET, "finetune=staged", "finetune.unfreeze_at_epoch=1", "debug=fdr"])
     with caplog.at_level(logging.INFO, logger="visiontrain"):
@@ -199,7 +199,7 @@ def test_backbone_tensors_the_weights_did_not_fill_are_not_frozen(tmp_path):
 
 
 def test_one_cycle_takes_runs_of_a_few_steps():
-    from visiontrain.optim import one_cycle
+    from visiontrain.tasks.schedules import one_cycle
 
     for total_steps in (1, 2, 3, 4, 5):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

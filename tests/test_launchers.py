@@ -19,8 +19,8 @@ from lightning import Callback
 from omegaconf import OmegaConf
 
 from tests.conftest import PROJECT_ROOT, run_cli
-from visiontrain.runtime import CONFIG_DIR
-from visiontrain.train import train
+from visiontrain.cli.train import train
+from visiontrain.runs.config import CONFIG_DIR
 
 
 def test_slurm_launcher_config_composes():

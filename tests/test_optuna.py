@@ -99,7 +99,7 @@ def test_hparams_search_configs_compose_into_search_spaces():
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     from hydra_plugins.visiontrain_optuna.optuna_sweeper import search_space
-    from visiontrain.runtime import CONFIG_DIR
+    from visiontrain.runs.config import CONFIG_DIR
 
     for option, pruner in (
         ("mnist_optuna", optuna.pruners.MedianPruner),

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tests import formats
 from tests.conftest import PROJECT_ROOT
-from visiontrain.runtime import CONFIG_DIR
+from visiontrain.runs.config import CONFIG_DIR
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:

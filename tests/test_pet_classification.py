@@ -10,9 +10,9 @@ import torch
 
 from tests import formats
 from tests.conftest import compose_config
+from visiontrain.cli.train import train
 from visiontrain.data.oxford_pet_breeds import OxfordPetBreedsDataModule
 from visiontrain.errors import UserError
-from visiontrain.train import train
 
 SMALL = {"image_size": 32, "num_workers": 0, "download": False}
 

@@ -14,12 +14,12 @@ from PIL import Image
 
 from tests import formats
 from tests.conftest import run_cli
+from visiontrain.cli.export import export
+from visiontrain.cli.predict import predict
+from visiontrain.cli.train import train
 from visiontrain.data.mnist import MNISTDataModule
 from visiontrain.errors import UserError
-from visiontrain.export import export
-from visiontrain.inference import load_checkpoint
-from visiontrain.predict import predict
-from visiontrain.train import train
+from visiontrain.serving.inference import load_checkpoint
 
 QUIET_TRAIN = ["trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
@@ -27,7 +27,7 @@ QUIET_TRAIN = ["trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.l
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, datasets) -> tuple[Path, Path]:
     """A simple_cnn checkpoint trained on the synthetic digits, and PNG files of the official test images."""
-    from visiontrain.runtime import compose_config
+    from visiontrain.runs.config import compose_config
 
     root = tmp_path_factory.mktemp("clf")
     overrides = [f"paths.data_dir={datasets}", "data.val_size=100", "extras.print_config=false", "test=false",
@@ -132,6 +132,20 @@ def test_export_writes_into_its_own_run_folder_and_prints_only_our_lines(
     assert "[torch.onnx]" not in capsys.readouterr().out
 
 
+def test_a_checkpoint_written_before_the_format_key_and_the_module_move_still_serves(make_config, classifier, tmp_path):
+    """Checkpoints without the format key (format 1) whose configs name visiontrain.optim (now tasks.schedules)."""
+    from visiontrain.cli.eval import evaluate
+
+    ckpt, images = classifier
+    old = torch.load(ckpt, weights_only=True)
+    del old["visiontrain_format"]
+    for section in ("model", "model_resolved"):
+        old["visiontrain_config"][section]["scheduler"]["_target_"] = "visiontrain.optim.one_cycle"
+    torch.save(old, tmp_path / "old.ckpt")
+    assert predict(predict_config(make_config, tmp_path / "p", ckpt_path=tmp_path / "old.ckpt", input=images))["images"]
+    assert "test/acc" in evaluate(make_config("eval", [f"ckpt_path={tmp_path / 'old.ckpt'}"]))
+
+
 def test_predict_output_folder_is_the_run_folder(classifier, tmp_path):
     ckpt, images = classifier
     output = tmp_path / "predictions"
@@ -148,7 +162,7 @@ def test_predict_without_output_writes_into_a_new_run_folder(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from visiontrain.runtime import CONFIG_DIR
+    from visiontrain.runs.config import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_config
-from visiontrain.train import train
+from visiontrain.cli.train import train
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", "/nonexistent"))
 HAS_MNIST = all(

@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 from lightning import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from visiontrain.callbacks import EMA
+from visiontrain.callbacks.ema import EMA
+from visiontrain.cli.train import train
 from visiontrain.data.batch_transforms import BatchAugment
 from visiontrain.errors import UserError
-from visiontrain.train import train
 
 RUN = ["data=mnist", "data.val_size=100", "data.batch_size=16", "data.eval_batch_size=100", "trainer.max_epochs=1",
        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "test=false"]  # fmt: skip

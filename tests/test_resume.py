@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import run_cli
 from tests.test_cli import assert_one_sentence_error, run_dirs
-from visiontrain.checkpoint_io import AtomicCheckpointIO
+from visiontrain.runs.checkpoint_io import AtomicCheckpointIO
 
 RUN = [
     "extras.print_config=false",

@@ -192,7 +192,7 @@ def test_a_run_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path
     import socket
     import subprocess
 
-    from visiontrain.run_lock import _start_time
+    from visiontrain.runs.run_lock import _start_time
 
     folder = tmp_path / "shared"
     folder.mkdir()
@@ -235,7 +235,7 @@ def test_single_node_ddp_store_listens_on_loopback_only(tmp_path, datasets):
 
 
 def test_an_address_set_for_several_nodes_is_left_to_torch():
-    from visiontrain.ddp import _store_on_loopback
+    from visiontrain.runs.ddp import _store_on_loopback
 
     calls = []
     wrapped = _store_on_loopback(lambda *args, **kwargs: calls.append(args) or "torch's store")
@@ -247,7 +247,7 @@ def test_an_address_set_for_several_nodes_is_left_to_torch():
 def test_runs_started_together_get_folders_of_their_own(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from visiontrain.runtime import new_run_dir
+    from visiontrain.runs.folders import new_run_dir
 
     def start(_: int) -> str:
         return new_run_dir(str(tmp_path / "runs"), "2026-01-01_00-00-00", "train", "mnist", "simple_cnn")

@@ -12,11 +12,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests import formats
+from visiontrain.cli.eval import evaluate
+from visiontrain.cli.train import train
 from visiontrain.data.mask_folder import MaskFolderDataModule
 from visiontrain.errors import UserError
-from visiontrain.eval import evaluate
 from visiontrain.tasks.segmentation import SegmentationModule, segmentation_metrics
-from visiontrain.train import train
 
 SMALL = ["data.image_size=32", "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=0"]
 LAYOUTS = {

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from visiontrain.cli.eval import evaluate
+from visiontrain.cli.train import train
 from visiontrain.errors import UserError
-from visiontrain.eval import evaluate
-from visiontrain.train import train
 
 FAST = ["data.batch_size=16", "data.eval_batch_size=64"]
 DATA = {

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from tests import formats
 from tests.conftest import QUIET, run_cli
-from visiontrain.cli_checks import check_overrides
+from visiontrain.cli.checks import check_overrides
 from visiontrain.errors import UserError
 
 # the README's example ("Your own configs and code")

@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from tests.test_train import DATA
-from visiontrain import inference
+from visiontrain.cli.train import train
 from visiontrain.errors import UserError
 from visiontrain.models import weights
 from visiontrain.models.resnet import build_resnet
 from visiontrain.models.smp import build_smp_model
 from visiontrain.models.timm_classifier import build_timm_classifier
-from visiontrain.train import train
+from visiontrain.serving import inference
 
 IMAGEFOLDER = DATA["imagefolder"]  # 3 classes of 32 px images
 
@@ -216,7 +216,7 @@ def test_a_detector_trained_with_weights_is_rebuilt_without_them(make_config, mo
 
     from torchvision.models._api import WeightsEnum
 
-    from visiontrain.callbacks import CONFIG_KEY
+    from visiontrain.artifact import CONFIG_KEY
 
     fresh = torchvision.models.mobilenet_v3_large().state_dict()
     monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *args, **kwargs: OrderedDict(fresh))

@@ -5,7 +5,7 @@
   ``interval(lo, hi)`` -> floats (``tag(int, ...)`` for integers), ``tag(log, ...)`` -> log scale.
 - The study is stored in SQLite inside the sweep folder; a trial's job folder is named by its trial number.
 - A job that raises is told as a failed trial and the sweep goes on; a job its pruning callback stopped
-  (``visiontrain.optuna_pruning``) is told as pruned.
+  (``visiontrain.callbacks.optuna_pruning``) is told as pruned.
 - ``resume=<sweep dir>``: the study is loaded from that folder; trials left running by the interrupted sweep are
   run again under their number, in their folder (the job continues from its last checkpoint), then new
   trials until the study holds ``n_trials``.
@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from visiontrain.optuna_pruning import PRUNED_AT, study_storage
+from visiontrain.callbacks.optuna_pruning import PRUNED_AT, study_storage
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from visiontrain import preprocessing
+from visiontrain.data import preprocessing
 from visiontrain.errors import UserError
 
 POLICIES = {

@@ -1,10 +1,11 @@
-"""What every datamodule shares: loaders for its three splits, the download attempt that ends in one
-sentence when the files cannot be had, and the RGB image readers that name a file they cannot decode."""
+"""What every datamodule shares: its ``spec`` (what the data is, for everything outside data/), loaders for its
+three splits, the download attempt that ends in one sentence when the files cannot be had, and the RGB image
+readers that name a file they cannot decode."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,9 +113,17 @@ def download_attempt(download: bool, fetch: Callable[[], Any], data_dir: str | P
 
 
 class SplitDataModule(LightningDataModule):
-    """``train_set`` / ``val_set`` / ``test_set`` served as DataLoaders (shuffled, full batches for training)."""
+    """``train_set`` / ``val_set`` / ``test_set`` served as DataLoaders (shuffled, full batches for training), and
+    ``spec``, the one thing the rest of visiontrain reads about the data. Each datamodule fills in the
+    attributes below and says where its class names come from (``read_class_names``)."""
 
     name: str = ""
+    task: str = ""  # one of visiontrain.data.spec.TASKS, set by each family's base class
+    input_shape: tuple[int, int, int] | None = None
+    preprocessing: dict[str, Any]
+    # as the config gives it; None: the data's own count, known once its class names are read
+    num_classes: int | None = None
+    class_names: tuple[str, ...] = ()
     batch_size: int
     eval_batch_size: int
     num_workers: int
@@ -122,6 +132,37 @@ class SplitDataModule(LightningDataModule):
     train_set: Dataset | None = None
     val_set: Dataset | None = None
     test_set: Dataset | None = None
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(
+            name=self.name,
+            task=self.task,
+            class_names=self.read_class_names(),
+            input_shape=self.input_shape,
+            preprocessing=self.preprocessing,
+            has_test_split=self.has_test_split,
+        )
+
+    @property
+    def has_test_split(self) -> bool:
+        return True
+
+    def read_class_names(self) -> tuple[str, ...]:
+        """The class names; a datamodule whose files state them (class folders, a category list) reads them here,
+        once, and checks a ``data.num_classes`` given in the config against them (``agreeing``)."""
+        return self.class_names
+
+    def agreeing(self, names: Sequence[str], counted: str) -> tuple[str, ...]:
+        """``names`` as the data states them, ``counted`` saying so (``"<root>/train has 3 class folders"``); a
+        ``data.num_classes`` given in the config must be their number, one sentence otherwise."""
+        if self.num_classes is not None and self.num_classes != len(names):
+            raise UserError(
+                f"data.num_classes={self.num_classes} but {counted} ({', '.join(names)}); "
+                f"set data.num_classes={len(names)}."
+            )
+        self.num_classes = len(names)
+        return tuple(names)
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(

@@ -213,7 +213,7 @@ class CocoDetectionDataModule(DetectionDataModule):
         self,
         train: Mapping[str, str],
         val: Mapping[str, str],
-        num_classes: int,
+        num_classes: int | None = None,
         test: Mapping[str, str | None] | None = None,
         **kwargs,
     ) -> None:
@@ -229,17 +229,26 @@ class CocoDetectionDataModule(DetectionDataModule):
                         "COCO annotation file."
                     )
         self.name = f"the COCO-format data {train['annotations']}"
-        self.category_ids: tuple[int, ...] = ()
+        self._train_source: CocoSource | None = None
 
     @property
     def has_test_split(self) -> bool:
         return "test" in self.splits
 
+    def object_classes(self) -> tuple[str, ...]:
+        """The training annotations' categories, sorted by id (read once)."""
+        if self._train_source is None:
+            self._train_source = CocoSource(self.splits["train"]["images"], self.splits["train"]["annotations"])
+            self.category_ids = self._train_source.category_ids
+        return self._train_source.category_names
+
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
+        self.object_classes()
         sources: dict[str, tuple[DetectionSource, list[int]]] = {}
         for split, paths in self.splits.items():
-            source = CocoSource(paths["images"], paths["annotations"], self.category_ids or None)
-            if split == "train":
-                self.category_ids, self.class_names = source.category_ids, source.category_names
+            reused = split == "train"  # read by object_classes
+            source = (
+                self._train_source if reused else CocoSource(paths["images"], paths["annotations"], self.category_ids)
+            )
             sources[split] = (source, list(range(len(source))))
         return sources

@@ -14,6 +14,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
-from visiontrain import preprocessing
+from visiontrain.data import preprocessing
 from visiontrain.data.base import SplitDataModule
 from visiontrain.data.detection_transforms import detection_eval_transform, detection_train_transform
+from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -132,11 +134,12 @@ class DetectionDataModule(SplitDataModule):
     """
 
     name: str = ""
+    task = "detection"
     num_channels = 3
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
         batch_size: int = 2,
         eval_batch_size: int = 2,
         num_workers: int = 2,
@@ -169,26 +172,36 @@ class DetectionDataModule(SplitDataModule):
     input_shape = None
     # what predict.py feeds the detector: the image as it is (the model resizes and normalises)
     preprocessing = preprocessing.as_is()
+    # the dataset's id of label 1..K, when it has its own (COCO's sparse ids)
+    category_ids: tuple[int, ...] = ()
 
     @property
-    def has_test_split(self) -> bool:
-        return True
+    def spec(self) -> DataSpec:
+        spec = super().spec
+        category_ids = self.category_ids or tuple(range(1, spec.num_classes + 1))
+        return replace(spec, category_ids=category_ids, with_masks=self.with_masks)
+
+    def read_class_names(self) -> tuple[str, ...]:
+        if not self.class_names:
+            names = self.object_classes()
+            self.class_names = self.agreeing(names, f"{self.name} has {len(names)} object classes")
+        return self.class_names
 
     # --- what a subclass provides -------------------------------------------------------------
+    def object_classes(self) -> tuple[str, ...]:
+        """The names of the object classes, labels ``1..K`` (may set ``category_ids``)."""
+        raise NotImplementedError
+
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
-        """``{"train": (source, indices), "val": ..., ["test": ...]}``; sets ``self.class_names``."""
+        """``{"train": (source, indices), "val": ..., ["test": ...]}``."""
         raise NotImplementedError
 
     # --- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.read_class_names()
         splits = self.make_splits()
-        if len(self.class_names) != self.num_classes:
-            raise UserError(
-                f"data.num_classes={self.num_classes} but {self.name} has {len(self.class_names)} object classes "
-                f"({', '.join(self.class_names)}); set data.num_classes={len(self.class_names)}."
-            )
         for split, (source, indices) in splits.items():
             train = split == "train"
             dataset = DetectionDataset(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 
 from visiontrain.data.augmentation import image_classification_transforms
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
@@ -25,11 +26,14 @@ log = logging.getLogger(__name__)
 
 class RGBClassificationDataModule(SplitDataModule):
     """Decoded-per-sample RGB classification data: the options, transforms and input shape that
-    ``ImageFolderDataModule`` and ``OxfordPetBreedsDataModule`` share; subclasses build the splits."""
+    ``ImageFolderDataModule`` and ``OxfordPetBreedsDataModule`` share; subclasses read the class names
+    (``num_classes`` None: as many as they find) and build the splits."""
+
+    task = "classification"
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
         image_size: int = 224,
         num_channels: int = 3,
         batch_size: int = 32,
@@ -77,7 +81,9 @@ class RGBClassificationDataModule(SplitDataModule):
 
 
 class ImageFolderDataModule(RGBClassificationDataModule):
-    def __init__(self, root: str, num_classes: int, **kwargs) -> None:
+    """The classes are the folders of ``root/train``, sorted by name (torchvision's ``ImageFolder``)."""
+
+    def __init__(self, root: str, num_classes: int | None = None, **kwargs) -> None:
         super().__init__(num_classes, **kwargs)
         self.root = Path(root)
         self.name = f"the image folder {root}"
@@ -85,6 +91,18 @@ class ImageFolderDataModule(RGBClassificationDataModule):
     @property
     def has_test_split(self) -> bool:
         return (self.root / "test").is_dir()
+
+    def read_class_names(self) -> tuple[str, ...]:
+        if not self.class_names:
+            train = self.root / "train"
+            if not train.is_dir():
+                raise UserError(f"image folder {train} does not exist (expected {self.root}/train/<class>/<image>).")
+            try:
+                names = find_classes(str(train))[0]
+            except FileNotFoundError as err:
+                raise UserError(f"{train}: {err}") from err
+            self.class_names = self.agreeing(names, f"{train} has {len(names)} class folders")
+        return self.class_names
 
     def _folder(self, split: str, transform) -> ImageFolder:
         path = self.root / split
@@ -94,7 +112,7 @@ class ImageFolderDataModule(RGBClassificationDataModule):
             dataset = ImageFolder(str(path), transform=transform, loader=load_rgb)
         except FileNotFoundError as err:
             raise UserError(f"{path}: {err}") from err
-        if self.class_names and tuple(dataset.classes) != self.class_names:
+        if tuple(dataset.classes) != self.class_names:
             raise UserError(
                 f"{path} has classes {dataset.classes}, but {self.root}/train has {list(self.class_names)}."
             )
@@ -103,13 +121,8 @@ class ImageFolderDataModule(RGBClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.read_class_names()
         train = self._folder("train", self.train_transform)
-        self.class_names = tuple(train.classes)
-        if len(self.class_names) != self.num_classes:
-            raise UserError(
-                f"data.num_classes={self.num_classes} but {self.root}/train has {len(self.class_names)} class "
-                f"folders ({', '.join(self.class_names)}); set data.num_classes={len(self.class_names)}."
-            )
         if (self.root / "val").is_dir():
             self.train_set, self.val_set = train, self._folder("val", self.eval_transform)
         else:

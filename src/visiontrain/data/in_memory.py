@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from visiontrain import preprocessing
+from visiontrain.data import preprocessing
 from visiontrain.data.base import SplitDataModule
 from visiontrain.data.batch_transforms import BatchAugment
 from visiontrain.errors import UserError
@@ -110,6 +110,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
     """
 
     name: str = ""
+    task = "classification"
     collate_fn = staticmethod(keep_batch)
     class_names: tuple[str, ...] = ()
     num_channels: int = 0

@@ -2,25 +2,53 @@
 
 Either ``root/{train,val,test}/{images,masks}/`` or one ``root/images/`` + ``root/masks/`` pair of
 folders, split into train/val/test with ``val_fraction`` / ``test_fraction`` and ``split_seed``.
-Mask values are class indices (``class_names`` lists them in order); ``ignore_index`` marks pixels
-without a class.
+Mask values are class indices, named in order by ``data.class_names`` or, left null, by ``root/classes.txt``
+(one name per line), else ``background``, ``foreground``; ``ignore_index`` marks pixels without a class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from visiontrain.data.segmentation import IMAGE_SUFFIXES, SegmentationDataModule, pair_by_stem, seeded_split
 from visiontrain.errors import UserError
+
+CLASS_FILE = "classes.txt"
+DEFAULT_CLASSES = ("background", "foreground")
 
 
 def stems_of(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def listed_classes(root: Path, class_names: Sequence[str] | None, num_classes: int | None) -> tuple[str, ...]:
+    """The class names: ``class_names`` as configured, else those of ``root/classes.txt``, else DEFAULT_CLASSES;
+    a configured value the file disagrees with is one sentence."""
+    file = root / CLASS_FILE
+    listed = tuple(line.strip() for line in file.read_text().splitlines() if line.strip()) if file.is_file() else ()
+    if listed and class_names is not None and tuple(class_names) != listed:
+        raise UserError(f"data.class_names={list(class_names)} but {file} lists {list(listed)}; set one of them.")
+    if listed and num_classes is not None and num_classes != len(listed):
+        raise UserError(
+            f"data.num_classes={num_classes} but {file} lists {len(listed)} classes ({', '.join(listed)}); "
+            f"set data.num_classes={len(listed)}."
+        )
+    return tuple(class_names) if class_names is not None else listed or DEFAULT_CLASSES
+
+
 class MaskFolderDataModule(SegmentationDataModule):
-    def __init__(self, root: str, val_fraction: float = 0.1, test_fraction: float = 0.1, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        names = listed_classes(Path(root), class_names, num_classes)
+        super().__init__(num_classes=num_classes, class_names=names, **kwargs)
         self.root = Path(root)
         self.name = f"the mask folder {root}"
         self.val_fraction = val_fraction

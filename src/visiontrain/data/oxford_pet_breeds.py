@@ -46,16 +46,27 @@ def breed_name(image_name: str) -> str:
 class OxfordPetBreedsDataModule(RGBClassificationDataModule):
     name = "Oxford-IIIT Pet breeds"
 
-    def __init__(self, root: str, num_classes: int, download: bool = True, **kwargs) -> None:
+    def __init__(self, root: str, num_classes: int | None = None, download: bool = True, **kwargs) -> None:
         super().__init__(num_classes, **kwargs)
         self.root = Path(root)
         self.download = download
+        self._lists: dict[str, list[tuple[str, int]]] | None = None
 
     def prepare_data(self) -> None:
         ensure_pet_files(self.root, ("images", *SPLIT_FILES), self.download, target_types="category")
 
+    def read_class_names(self) -> tuple[str, ...]:
+        if not self.class_names:
+            if not all((self.root / file).is_file() for file in SPLIT_FILES):
+                self.prepare_data()  # the lists name the classes: fetched now, if allowed
+            self.read_lists()
+        return self.class_names
+
     def read_lists(self) -> dict[str, list[tuple[str, int]]]:
-        """``{"trainval": [(image name, CLASS-ID)], "test": [...]}``; sets ``class_names`` from the CLASS-IDs."""
+        """``{"trainval": [(image name, label)], "test": [...]}`` with labels ``0..K-1`` in CLASS-ID order; sets
+        ``class_names`` from the CLASS-IDs (read once)."""
+        if self._lists is not None:
+            return self._lists
         lists, breeds = {}, {}
         for split, file in zip(("trainval", "test"), SPLIT_FILES):
             entries = []
@@ -73,14 +84,11 @@ class OxfordPetBreedsDataModule(RGBClassificationDataModule):
         if not lists["trainval"]:
             raise UserError(f"{self.root / SPLIT_FILES[0]} lists no images.")
         ids = sorted(breeds)
-        self.class_names = tuple(breeds[i] for i in ids)
-        if len(ids) != self.num_classes:
-            raise UserError(
-                f"data.num_classes={self.num_classes} but the split files of {self.root} list {len(ids)} breeds "
-                f"({', '.join(self.class_names)}); set data.num_classes={len(ids)}."
-            )
+        names = [breeds[i] for i in ids]
+        self.class_names = self.agreeing(names, f"the split files of {self.root} list {len(ids)} breeds")
         index = {class_id: i for i, class_id in enumerate(ids)}
-        return {split: [(name, index[class_id]) for name, class_id in rows] for split, rows in lists.items()}
+        self._lists = {split: [(name, index[class_id]) for name, class_id in rows] for split, rows in lists.items()}
+        return self._lists
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -102,9 +102,11 @@ class PennFudanDataModule(DetectionDataModule):
         self.test_size = test_size
         self.split_seed = split_seed
 
+    def object_classes(self) -> tuple[str, ...]:
+        return CLASS_NAMES
+
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
         source = PennFudanSource(self.root)
-        self.class_names = CLASS_NAMES
         n = len(source)
         if self.val_size < 1 or self.test_size < 1 or self.val_size + self.test_size >= n:
             raise UserError(

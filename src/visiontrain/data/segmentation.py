@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from visiontrain import preprocessing
+from visiontrain.data import preprocessing
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb, undecodable
 from visiontrain.errors import UserError
 
@@ -206,10 +206,11 @@ class SegmentationDataModule(SplitDataModule):
     """Train/val/test pairs of images and index masks, resized to ``image_size`` squares."""
 
     name: str = ""
+    task = "segmentation"
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None,
         class_names: Sequence[str],
         image_size: int = 256,
         batch_size: int = 8,
@@ -227,6 +228,7 @@ class SegmentationDataModule(SplitDataModule):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        num_classes = len(class_names) if num_classes is None else num_classes
         if len(class_names) != num_classes:
             raise UserError(
                 f"data.num_classes={num_classes} but data.class_names lists {len(class_names)} classes "

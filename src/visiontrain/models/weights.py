@@ -13,7 +13,6 @@ says exactly what was loaded, skipped and missing, and ``strict`` refuses any mi
 from __future__ import annotations
 
 import logging
-import pickle
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visiontrain import artifact
 from visiontrain.errors import UserError
 
 log = logging.getLogger("visiontrain")
@@ -57,14 +57,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             raise UserError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from err
     try:
-        content: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
-        from visiontrain.checkpoint_io import unloadable_reason
-
+        content: Any = artifact.read_file(path, mmap=False)
+    except artifact.Unreadable as err:
         raise UserError(
-            f"{path} is not a state dict that loads safely with weights_only=True: {unloadable_reason(err)}; "
+            f"{path} is not a state dict that loads safely with weights_only=True: {err.reason}; "
             "save the weights with torch.save(model.state_dict(), ...) or as .safetensors."
         ) from None
+    ours = isinstance(content, Mapping) and artifact.describe(content, str(path)) is not None
     lightning = isinstance(content, Mapping) and "pytorch-lightning_version" in content
     while isinstance(content, Mapping) and not _all_tensors(content):
         nested = next((content[k] for k in NESTED_STATE_KEYS if isinstance(content.get(k), Mapping)), None)
@@ -74,7 +73,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(content, Mapping) or not content or not _all_tensors(content):
         raise UserError(f"{path} holds no state dict (a mapping of names to tensors); it cannot initialise a network.")
     state = dict(content)
-    if lightning and any(k.startswith("net.") for k in state):  # a task checkpoint: the network, not its metrics
+    if (ours or lightning) and any(k.startswith("net.") for k in state):  # a task checkpoint: its network, not metrics
         state = {k: v for k, v in state.items() if k.startswith("net.")}
     return state
 

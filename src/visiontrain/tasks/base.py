@@ -1,5 +1,5 @@
-"""What every task shares: the network, optimizer and scheduler from the config, compile, class
-names in checkpoints, and the dry run that checks a network against its data before training."""
+"""What every task shares: the network, optimizer and scheduler from the config, compile, class names from
+the data (and from a checkpoint being loaded), and the checks of a network against its data before training."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from visiontrain import artifact
+from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
-from visiontrain.models.parts import backbone_and_head
+from visiontrain.models.backbone import backbone_and_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -27,7 +29,7 @@ class VisionTask(LightningModule):
     the network config reads them by interpolation (``weights: ${..weights}``). Plain values only.
     """
 
-    # the backbone's learning rate relative to the head's; set by visiontrain.finetune.StagedFinetuning
+    # the backbone's learning rate relative to the head's; set by visiontrain.callbacks.finetune.StagedFinetuning
     # before the optimizer is built. None: one learning rate, no backbone/head parameter groups.
     backbone_lr_scale: float | None = None
 
@@ -58,6 +60,7 @@ class VisionTask(LightningModule):
         if channels_last:  # NHWC weights (loading a state dict keeps the format); inputs follow in to_memory_format
             self.net.to(memory_format=torch.channels_last)
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self.category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K
 
     # --- set-up ---------------------------------------------------------------------------------
     def dry_run(self, input_shape: tuple[int, ...], data_name: str) -> Any:
@@ -80,17 +83,25 @@ class VisionTask(LightningModule):
         faster layout for many conv nets), else as they come."""
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-    def check_num_classes(self, num_classes: int, data_name: str) -> None:
-        if num_classes != self.hparams.num_classes:
+    def check_data(self, spec: DataSpec) -> None:
+        """Fail before training, in one sentence, when the network cannot take the data; each task adds its checks."""
+        if spec.task != self.task:
             raise UserError(
-                f"the model is configured for {self.hparams.num_classes} classes but {data_name} has "
-                f"{num_classes}; leave model.num_classes at ${{data.num_classes}}."
+                f"a {self.task} model cannot train on {spec.name}, which is {spec.task} data; choose a {spec.task} "
+                "model (python train.py --help lists them)."
+            )
+
+    def check_num_classes(self, spec: DataSpec, classes: str = "classes") -> None:
+        if spec.num_classes != self.hparams.num_classes:
+            raise UserError(
+                f"the model is configured for {self.hparams.num_classes} {classes} but {spec.name} has "
+                f"{spec.num_classes}; leave model.num_classes at ${{data.num_classes}}."
             )
 
     def setup(self, stage: str) -> None:
-        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
-        if names and len(names) == len(self.class_names):
-            self.class_names = list(names)
+        spec = self.trainer.datamodule.spec if self.trainer.datamodule is not None else None
+        if spec is not None and spec.num_classes == len(self.class_names):
+            self.class_names = list(spec.class_names)
         if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
             self.net.compile()  # in place: parameter names, and so checkpoints, are unchanged
 
@@ -151,8 +162,10 @@ class VisionTask(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # --- checkpoint -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = list(self.class_names)
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.class_names = list(checkpoint.get("class_names", self.class_names))
+        """The names (and ids) the checkpoint was trained with; the artifact callback writes them."""
+        info = artifact.describe(checkpoint, "the checkpoint")
+        if info is not None:
+            self.class_names = list(info.class_names)
+            if info.category_ids is not None:
+                self.category_ids = list(info.category_ids)

@@ -1,18 +1,24 @@
-"""Image classification: one LightningModule whose network, optimizer and scheduler come from the config."""
+"""Image classification: one LightningModule whose network, optimizer and scheduler come from the config, and its
+serving (``predictions.csv`` with the top-k classes of each image)."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
+from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
 from visiontrain.tasks.figures import confusion_matrix_figure, prediction_grid_figure
+from visiontrain.tasks.serving import LoadedModel, TaskServing
 
 
 def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollection:
@@ -98,14 +104,14 @@ class ClassificationModule(VisionTask):
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # --- set-up ---------------------------------------------------------------------------------
-    def check_data_compatibility(self, input_shape: tuple[int, ...], num_classes: int, data_name: str) -> None:
-        """Fail before training, in one sentence, when the network cannot take the data."""
-        self.check_num_classes(num_classes, data_name)
-        out = self.dry_run(input_shape, data_name)
-        if out.ndim != 2 or out.shape[1] != num_classes:
+    def check_data(self, spec: DataSpec) -> None:
+        super().check_data(spec)
+        self.check_num_classes(spec)
+        out = self.dry_run(spec.input_shape, spec.name)
+        if out.ndim != 2 or out.shape[1] != spec.num_classes:
             raise UserError(
-                f"{type(self.net).__name__} outputs {tuple(out.shape[1:])} scores per image but {data_name} has "
-                f"{num_classes} classes; set the network's num_classes to ${{data.num_classes}}."
+                f"{type(self.net).__name__} outputs {tuple(out.shape[1:])} scores per image but {spec.name} has "
+                f"{spec.num_classes} classes; set the network's num_classes to ${{data.num_classes}}."
             )
 
     def on_fit_start(self) -> None:
@@ -113,7 +119,7 @@ class ClassificationModule(VisionTask):
         ``init_from_batch(images)`` and ``data_initialised``: they get normalised, unaugmented training
         images from whatever datamodule the trainer has, once (not when resuming or loaded from weights)."""
         init = getattr(self.net, "init_from_batch", None)
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = self.trainer.datamodule
         if init is None or datamodule is None or getattr(self.net, "data_initialised", False):
             return
         images = self.training_images(datamodule, int(getattr(self.net, "init_images", 5000)))
@@ -230,3 +236,35 @@ class ClassificationModule(VisionTask):
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()
+
+
+# --- serving ------------------------------------------------------------------------------------
+class ClassificationServing(TaskServing):
+    task = "classification"
+
+    def writer(self, output: Path, model: LoadedModel, options: DictConfig) -> ClassificationWriter:
+        return ClassificationWriter(output, model.class_names, options.topk)
+
+
+class ClassificationWriter:
+    """``predictions.csv``: per image the ``topk`` most probable classes with their probabilities."""
+
+    def __init__(self, output: Path, class_names: list[str], topk: int) -> None:
+        self.topk = min(topk, len(class_names))
+        self.names = class_names
+        self.file = (output / "predictions.csv").open("w", newline="")
+        self.csv = csv.writer(self.file)
+        header = ["file"]
+        for k in range(1, self.topk + 1):
+            header += [f"class_{k}", f"probability_{k}"]
+        self.csv.writerow(header)
+
+    def add(self, path: Path, image: torch.Tensor, logits: torch.Tensor) -> None:
+        probabilities, classes = logits.softmax(dim=-1).topk(self.topk)
+        row: list = [str(path)]
+        for p, c in zip(probabilities.tolist(), classes.tolist()):
+            row += [self.names[c], f"{p:.6f}"]
+        self.csv.writerow(row)
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,18 +1,26 @@
-"""Semantic segmentation: per-pixel classification with cross-entropy and/or Dice loss, mIoU metrics."""
+"""Semantic segmentation: per-pixel classification with cross-entropy and/or Dice loss, mIoU metrics; its serving
+writes an index-PNG mask and a colour overlay per image."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig
+from PIL import Image
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 from torchvision.utils import draw_segmentation_masks, make_grid
 
+from visiontrain.data import preprocessing
+from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
+from visiontrain.tasks.serving import LoadedModel, TaskServing
 
 
 def segmentation_metrics(num_classes: int, ignore_index: int) -> MetricCollection:
@@ -98,14 +106,15 @@ class SegmentationModule(VisionTask):
         self._overlay_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
-    def check_data_compatibility(self, input_shape: tuple[int, ...], num_classes: int, data_name: str) -> None:
-        """Fail before training, in one sentence, when the network cannot take the data."""
-        self.check_num_classes(num_classes, data_name)
-        logits = self.logits(self.dry_run(input_shape, data_name))
-        if tuple(logits.shape[1:]) != (num_classes, *input_shape[1:]):
+    def check_data(self, spec: DataSpec) -> None:
+        super().check_data(spec)
+        self.check_num_classes(spec)
+        logits = self.logits(self.dry_run(spec.input_shape, spec.name))
+        _, height, width = spec.input_shape
+        if tuple(logits.shape[1:]) != (spec.num_classes, height, width):
             raise UserError(
-                f"{type(self.net).__name__} outputs {tuple(logits.shape[1:])} per image; {data_name} needs "
-                f"({num_classes}, {input_shape[1]}, {input_shape[2]}): set its classes to ${{data.num_classes}}."
+                f"{type(self.net).__name__} outputs {tuple(logits.shape[1:])} per image; {spec.name} needs "
+                f"({spec.num_classes}, {height}, {width}): set its classes to ${{data.num_classes}}."
             )
 
     @staticmethod
@@ -194,3 +203,39 @@ class SegmentationModule(VisionTask):
             for target in (mask, pred):
                 tiles.append(draw_segmentation_masks(picture, target[None] == classes, alpha=0.5, colors=colors))
         experiment.add_image(tag, make_grid(tiles, nrow=3, padding=2), global_step=self.global_step)
+
+
+# --- serving ------------------------------------------------------------------------------------
+class SegmentationServing(TaskServing):
+    task = "segmentation"
+
+    def writer(self, output: Path, model: LoadedModel, options: DictConfig) -> SegmentationWriter:
+        return SegmentationWriter(output, len(model.class_names), model.preprocessing)
+
+
+class SegmentationWriter:
+    """``<stem>_mask.png`` (palette index PNG, input size) and ``<stem>_overlay.png`` per image."""
+
+    def __init__(self, output: Path, num_classes: int, spec: preprocessing.Spec) -> None:
+        self.output = output
+        self.spec = spec
+        self.colors = class_colors(num_classes)
+        self.palette = [channel for color in self.colors for channel in color]
+
+    def add(self, path: Path, image: torch.Tensor, logits: torch.Tensor) -> None:
+        height, width = image.shape[-2:]
+        if self.spec["mode"] == "pad":  # drop the padding, then back to the input's size
+            inner_h, inner_w = preprocessing.resized_shape(self.spec, height, width)
+            logits = logits[:, :inner_h, :inner_w]
+        logits = torch.nn.functional.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
+        classes = logits.argmax(dim=0)
+        mask = Image.fromarray(classes.numpy().astype(np.uint8), mode="P")
+        mask.putpalette(self.palette + [0] * (768 - len(self.palette)))
+        stem = path.stem
+        mask.save(self.output / f"{stem}_mask.png")
+        present = classes[None] == torch.arange(len(self.colors))[:, None, None]
+        overlay = draw_segmentation_masks(image, present, alpha=0.5, colors=self.colors)
+        Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(self.output / f"{stem}_overlay.png")
+
+    def close(self) -> None:
+        pass

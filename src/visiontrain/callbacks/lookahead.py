@@ -2,7 +2,7 @@
 move towards the fast ones, ``slow = decay * slow + (1 - decay) * fast``, and the fast weights are reset
 to the slow ones; ``decay = base ** every * (step / total_steps) ** power`` rises from 0 (plain training)
 to ``base ** every`` at the end. At the last step the network keeps the slow weights, so the checkpoints
-written after it, and the test, use them. Unlike ``visiontrain.callbacks.EMA`` (a passive average
+written after it, and the test, use them. Unlike ``visiontrain.callbacks.ema.EMA`` (a passive average
 used for evaluation) this changes the training trajectory. Floating-point buffers (BatchNorm statistics)
 are averaged with the parameters.
 """

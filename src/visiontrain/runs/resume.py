@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.checkpoint_io import load_checkpoint
+from visiontrain.artifact import load_checkpoint
 from visiontrain.errors import UserError
 
 log = logging.getLogger("visiontrain")
@@ -99,7 +99,8 @@ def resumable_checkpoint(run_dir: Path, option: str, required: bool = True) -> P
         except UserError as err:
             refused.append(str(err))
             continue
-        key = (int(checkpoint.get("global_step", -1)), int(checkpoint.get("epoch", -1)), path.name == LAST_NAME)
+        step, epoch = checkpoint.content.get("global_step", -1), checkpoint.content.get("epoch", -1)
+        key = (int(step), int(epoch), path.name == LAST_NAME)
         found.append((key, path))
     if found:
         newest = max(found)[1]

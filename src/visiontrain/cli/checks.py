@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain.errors import UserError
-from visiontrain.runtime import CONFIG_DIR
+from visiontrain.runs.config import CONFIG_DIR
 
 # Hydra's flags that take the next argument as their value (unless written --flag=value)
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}

@@ -152,7 +152,7 @@ class RunHeader(Callback):
             return
         net = getattr(pl_module, "net", pl_module)
         params = sum(p.numel() for p in net.parameters())
-        flops, shape = count_flops(net, getattr(trainer.datamodule, "input_shape", None))
+        flops, shape = count_flops(net, trainer.datamodule.spec.input_shape)
         cost = f", {human(flops, 'FLOPs')} per {shape} image" if flops else ""
         devices = f"{trainer.num_devices}x " if trainer.num_devices * trainer.num_nodes > 1 else ""
         log.info(

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch.distributed import Store, TCPStore
 
 from visiontrain.errors import UserError
-from visiontrain.resume import is_multirun, resumable_checkpoint
+from visiontrain.runs.resume import is_multirun, resumable_checkpoint
 
 JOB_DIR_ENV = "VISIONTRAIN_DDP_JOB_DIR"
 # launchers that run each job inside the process that was started with the sweep's command line

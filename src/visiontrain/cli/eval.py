@@ -13,12 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from visiontrain import cli_checks, console, runtime
-from visiontrain.callbacks import CONFIG_KEY
-from visiontrain.checkpoint_io import load_checkpoint
+from visiontrain import artifact
+from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
-from visiontrain.runtime import CONFIG_DIR
+from visiontrain.runs import config, console, records, reporting
 
 log = logging.getLogger("visiontrain")
 
@@ -33,8 +32,8 @@ def configs_from_checkpoint(cfg: DictConfig) -> None:
     except ValueError:  # composed outside a Hydra app: nothing was overridden
         typed = []
     overrides = OverridesParser.create().parse_overrides(typed)
-    checkpoint = load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
-    stored_configs = checkpoint.get(CONFIG_KEY, {})
+    info = artifact.load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}").info
+    stored_configs = info.configs if info is not None else {}
     for section in ("model", "data"):
         stored = stored_configs.get(section)
         if stored is None or any(o.key_or_group == section for o in overrides):
@@ -52,22 +51,25 @@ def configs_from_checkpoint(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint: its own model and data configs (``configs_from_checkpoint``), rebuilt without any
+    pretrained weights, its weights loaded by ``trainer.test``; returns the test metrics (also metrics.json)."""
     if not cfg.get("ckpt_path"):
         raise UserError("eval.py needs ckpt_path=<path to a .ckpt file>.")
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
     configs_from_checkpoint(cfg)
-    runtime.check_values(cfg)
+    config.check_values(cfg)
     with open_dict(cfg):  # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
         cfg.model = OmegaConf.create(without_pretrained(OmegaConf.to_container(cfg.model, resolve=False)))
-    runtime.prepare_run(cfg)
+    config.prepare_run(cfg)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = config.instantiate_data(cfg)
+    config.save_config(cfg)
     model = instantiate(cfg.model)
-    model.check_data_compatibility(datamodule.input_shape, datamodule.num_classes, datamodule.name)
-    loggers = runtime.instantiate_group(cfg.get("logger"))
+    model.check_data(datamodule.spec)
+    loggers = config.instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[console.ProgressBar()])
-    runtime.log_config_hyperparameters(cfg, trainer.loggers)
+    records.log_config_hyperparameters(cfg, trainer.loggers)
 
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
@@ -79,21 +81,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"checkpoint {cfg.ckpt_path} does not fit the model config ({first.rstrip('.')}); "
             "leave out the model overrides to use the config stored in the checkpoint."
         ) from err
-    metrics = runtime.scalar_metrics(trainer.callback_metrics)
+    metrics = records.scalar_metrics(trainer.callback_metrics)
     console.log_test_metrics(metrics, str(cfg.ckpt_path))
-    runtime.record_results(cfg, trainer, metrics, trainer.loggers)
+    records.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@runtime.report_user_errors
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="eval")
+@reporting.report_user_errors
 def run(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 def main() -> None:
-    """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli_checks)."""
-    cli_checks.checked_main("eval", run)
+    """The command: mistyped keys and group options are refused before Hydra starts (visiontrain.cli.checks)."""
+    checks.checked_main("eval", run)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
-"""Checkpoint files: complete or absent, never half-written; named by 1-based epoch; ``last`` never a second copy."""
+"""Checkpoint files: complete or absent, never half-written; named by 1-based epoch; ``last`` never a second copy.
+(What a checkpoint holds, and reading one: visiontrain.artifact.)"""
 
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,6 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
-
-from visiontrain.errors import UserError
 
 # read once: os.umask can only be read by setting it
 _UMASK = os.umask(0)
@@ -115,34 +111,3 @@ class LastCheckpoint(EpochCheckpoint):
             except OSError:
                 temporary.unlink(missing_ok=True)
         return bool(trainer.strategy.broadcast(linked))
-
-
-def unloadable_reason(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in our words: never torch's advice to load it with
-    ``weights_only=False``, which would run whatever code the file carries."""
-    text = str(err)
-    if isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():
-        return "it holds objects other than tensors and plain values, so it is not a file this tool can load safely"
-    if isinstance(err, (EOFError, zipfile.BadZipFile)) or "zip archive" in text or "central directory" in text:
-        return "it is truncated or not a checkpoint at all (not the complete archive torch.save writes)"
-    if "mmap" in text or isinstance(err, pickle.UnpicklingError):
-        return "it is not a checkpoint this tool can load safely (not an archive written by torch.save)"
-    return f"it cannot be read as a checkpoint ({type(err).__name__})"
-
-
-def load_checkpoint(path: str | Path, option: str = "checkpoint", training_run: bool = True) -> dict[str, Any]:
-    """A Lightning checkpoint read safely (``weights_only=True``, tensors memory-mapped, so a check is cheap),
-    or a UserError naming ``option`` (``ckpt_path=...``, ``resume=...``) with what is wrong with the file.
-    ``training_run``: it must hold a ``state_dict`` (callers that check more themselves pass False)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{option}: {path} does not exist.")
-    if path.stat().st_size == 0:
-        raise UserError(f"{option}: {path} is empty (a checkpoint whose writing was cut short?).")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types here; the reason is what the user needs
-        raise UserError(f"{option}: {path} was not loaded, as {unloadable_reason(err)}.") from None
-    if not isinstance(checkpoint, Mapping) or (training_run and "state_dict" not in checkpoint):
-        raise UserError(f"{option}: {path} is not a checkpoint of a training run (it has no state_dict).")
-    return dict(checkpoint)

@@ -1,7 +1,7 @@
 """Train (and then test) a model: ``python train.py model=resnet data=cifar10``.
 
-Reads top to bottom: compose -> instantiate data, model, callbacks, loggers, trainer -> fit -> test
-on the best checkpoint -> write metrics.json.
+Reads top to bottom: compose -> instantiate the data (its ``spec`` says what it holds), the model (checked
+against the spec), callbacks, loggers, trainer -> fit -> test on the best checkpoint -> write metrics.json.
 """
 
 from __future__ import annotations
@@ -15,22 +15,19 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain import cli_checks, console, ddp, resume, run_lock, runtime
-from visiontrain.callbacks import (
-    ConfigInCheckpoint,
-    ContinuedTensorBoardRun,
-    MetricsInCheckpoint,
-    RandomStateInCheckpoint,
-)
+from visiontrain.callbacks.checkpoint_state import ArtifactInCheckpoint, MetricsInCheckpoint, RandomStateInCheckpoint
+from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
+from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models import weights
-from visiontrain.runtime import CONFIG_DIR
+from visiontrain.runs import config, console, ddp, records, reporting, resume, run_lock
 
 log = logging.getLogger("visiontrain")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Hold the run folder (visiontrain.run_lock) for the whole run; clear what interrupted writes left in it."""
+    """Train (and test) the run ``cfg`` describes and return its final metrics. The run folder is held for the
+    whole run (visiontrain.runs.run_lock), and what interrupted writes left in it is cleared first."""
     if not run_lock.first_process():
         return _train(cfg)
     run_lock.acquire(cfg.paths.output_dir)
@@ -42,58 +39,62 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
+    """One run: fit (fresh, from ``ckpt_path``, or resumed in place), then test the best checkpoint; returns the
+    final metrics, which also go to metrics.json and TensorBoard."""
     ckpt_path = resume.checkpoint_to_resume(cfg)
-    runtime.check_values(cfg)
-    runtime.prepare_run(cfg)
+    config.check_values(cfg)
+    config.prepare_run(cfg)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = config.instantiate_data(cfg)
+    config.save_config(cfg)
     model = instantiate(cfg.model)
     if cfg.get("init_from") and ckpt_path:
         log.info("init_from=%s ignored: the run resumes from %s with its own weights", cfg.init_from, ckpt_path)
     elif cfg.get("init_from"):
         weights.load_file(model.net, cfg.init_from, strict=bool(cfg.get("init_strict")))
-    model.check_data_compatibility(datamodule.input_shape, datamodule.num_classes, datamodule.name)
+    spec = datamodule.spec
+    model.check_data(spec)
 
-    callbacks = runtime.instantiate_group(cfg.get("callbacks"))
+    callbacks = config.instantiate_group(cfg.get("callbacks"))
     if cfg.get("finetune") and "_target_" in cfg.finetune:
         callbacks.append(instantiate(cfg.finetune))
-    sections = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
-    sections["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
+    configs = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
+    configs["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     record = MetricsInCheckpoint()
-    callbacks += [ConfigInCheckpoint(sections), RandomStateInCheckpoint(), record]
-    callbacks.append(console.RunHeader(runtime.choice(cfg, "data"), runtime.choice(cfg, "model"), cfg.paths.output_dir))
+    callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record]
+    callbacks.append(console.RunHeader(config.choice(cfg, "data"), config.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
-    loggers = runtime.instantiate_group(cfg.get("logger"))
+    loggers = config.instantiate_group(cfg.get("logger"))
     ddp.reset_between_jobs()
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
-    runtime.log_config_hyperparameters(cfg, trainer.loggers)
+    records.log_config_hyperparameters(cfg, trainer.loggers)
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # a run resumed after its last epoch logs nothing new: its record comes from the checkpoint it resumed
         metrics.update(record.restored)
-        metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
+        metrics.update(records.scalar_metrics(trainer.callback_metrics))
 
-    if cfg.get("test") and getattr(datamodule, "has_test_split", True):
+    if cfg.get("test") and spec.has_test_split:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train") else ""
         if cfg.get("train") and not best:
             log.warning("no best checkpoint was saved: testing the weights as they are after training")
         tested = best or (None if cfg.get("train") else ckpt_path)
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
-        metrics.update(runtime.scalar_metrics(trainer.callback_metrics))
+        metrics.update(records.scalar_metrics(trainer.callback_metrics))
         console.log_test_metrics(metrics, Path(tested).name if tested else "weights after training")
 
-    runtime.record_results(cfg, trainer, metrics, trainer.loggers)
+    records.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@runtime.report_user_errors
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="train")
+@reporting.report_user_errors
 def run(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # the value a Hydra sweeper (Optuna) optimises
@@ -107,9 +108,9 @@ def named_folder(args: list[str], prefix: str) -> str | None:
 
 
 def main() -> None:
-    """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.resume); a DDP
-    process of a multirun job runs that job's command line (visiontrain.ddp). Mistyped keys, group options and
-    Trainer arguments are refused before Hydra creates the run folder (visiontrain.cli_checks)."""
+    """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.runs.resume); a DDP
+    process of a multirun job runs that job's command line (visiontrain.runs.ddp). Mistyped keys, group options and
+    Trainer arguments are refused before Hydra creates the run folder (visiontrain.cli.checks)."""
     try:
         args = ddp.job_command_line(sys.argv[1:])
         # a folder named on the command line is taken before anything is written into it (the records of a
@@ -119,7 +120,7 @@ def main() -> None:
         if single and resumed and Path(resumed).is_dir():
             run_lock.acquire(resumed)
         args = resume.resume_command_line(args)
-        cli_checks.check_overrides("train", args)
+        checks.check_overrides("train", args)
         if single and named_folder(args, "hydra.run.dir="):
             run_lock.acquire(named_folder(args, "hydra.run.dir="))
         sys.argv[1:] = args

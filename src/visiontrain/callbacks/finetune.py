@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from visiontrain.errors import UserError
-from visiontrain.models.parts import in_backbone
+from visiontrain.models.backbone import in_backbone
 
 log = logging.getLogger("visiontrain")
 

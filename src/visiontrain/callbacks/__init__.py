@@ -1,0 +1,1 @@
+"""Lightning callbacks of our own, one module per concept (everything else comes from lightning.pytorch.callbacks)."""

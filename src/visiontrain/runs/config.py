@@ -1,0 +1,135 @@
+"""The composed config and what every entry point does with it first: where the configs live, composing one
+from Python, refusing impossible values, seeding, the datamodule before the model (``instantiate_data``),
+saving config.yaml, instantiating a callbacks/logger group."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from visiontrain.errors import UserError
+from visiontrain.runs import console, folders  # noqa: F401 (folders registers the resolvers conf/hydra uses)
+
+# conf/ at the project root, reached through the package's conf symlink; a wheel holds a copy (pyproject.toml)
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option picked for a config group (``mnist`` for ``data``), else the name of its ``_target_``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        picked = HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # no Hydra run (a config built by hand)
+        picked = None
+    if picked:
+        return str(picked)
+    target = str(OmegaConf.select(cfg, f"{group}._target_", default="") or "")
+    return target.rsplit(".", 1)[-1] or "-"
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose a config from Python (tests, benchmarks, notebooks) as the command line would.
+
+    Hydra's runtime fields are filled in, so ``${hydra:...}`` interpolations resolve and the run
+    writes into ``output_dir``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(Path.cwd())
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse, in one sentence, values that would otherwise fail deep inside the DataLoader or the Trainer."""
+    for key in ("data.batch_size", "data.eval_batch_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{key}={value}: give a whole number of images per batch, 1 or more.")
+    workers = OmegaConf.select(cfg, "data.num_workers", default=None)
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise UserError(f"data.num_workers={workers}: give 0 (load in the main process) or more worker processes.")
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs is not None and (not isinstance(epochs, int) or epochs < -1):
+        raise UserError(f"trainer.max_epochs={epochs}: give a number of epochs, 1 or more (-1: no limit).")
+
+
+def prepare_run(cfg: DictConfig) -> None:
+    """Seed, silence known-noisy warnings if asked, set the float32 matmul precision."""
+    extras = cfg.get("extras") or {}
+    console.quiet_third_party()
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if cfg.get("seed") is not None:
+        from lightning import seed_everything
+
+        seed_everything(cfg.seed, workers=True)
+    if extras.get("matmul_precision"):
+        torch.set_float32_matmul_precision(extras.matmul_precision)
+
+
+def instantiate_data(cfg: DictConfig) -> Any:
+    """The datamodule. A ``data.num_classes`` left null (the class folders, a category list, ... tell it) is filled
+    in here from its ``spec``, before the model config's ``${data.num_classes}`` is read; a number given is checked
+    against the data when the spec is read next (after the model is built, so weight-loading errors come first)."""
+    datamodule = instantiate(cfg.data)
+    if cfg.data.get("num_classes") is None:
+        with open_dict(cfg):
+            cfg.data.num_classes = datamodule.spec.num_classes
+    return datamodule
+
+
+def save_config(cfg: DictConfig) -> None:
+    """``<run dir>/config.yaml``: the composed config with every interpolation resolved, what this run really
+    used (printed too with ``extras.print_config``)."""
+    if rank_zero_only.rank != 0:
+        return
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if (cfg.get("extras") or {}).get("print_config"):
+        print_config(cfg)
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("config", guide_style="dim")
+    for section in ("data", "model", "trainer", "callbacks", "logger", "paths"):
+        if section in cfg:
+            body = OmegaConf.to_yaml(cfg[section], resolve=True)
+            tree.add(section).add(rich.syntax.Syntax(body, "yaml", theme="ansi_dark"))
+    rest = {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("data", "model", "trainer", "callbacks", "logger", "paths", "extras", "hydra")
+    }
+    tree.add("run").add(rich.syntax.Syntax(OmegaConf.to_yaml(OmegaConf.create(rest)), "yaml", theme="ansi_dark"))
+    rich.print(tree)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``callbacks`` / ``logger`` group (entries set to null are skipped)."""
+    if not cfg:
+        return []
+    return [instantiate(entry) for entry in cfg.values() if entry is not None and "_target_" in entry]
