@@ -484,7 +484,8 @@ def test_short_run_logs_losses_map_and_image_grid_and_eval_reproduces_test_map(m
     scalars, images = set(acc.Tags()["scalars"]), acc.Tags()["images"]
     assert {"train/loss_classifier", "train/loss_box_reg", "train/loss_objectness", "val/map", "val/map_50"} <= scalars
     assert {"val/map_best", "test/map", "test/map_class/ellipse"} <= scalars
-    assert images == ["val/predictions"]
+    # the validation pictures; the test's review figures (also in <run dir>/plots) and the learning curves
+    assert set(images) == {"val/predictions", "test/pr_curves", "test/confusion_matrix", "train/learning_curves"}
     grid = acc.Images("val/predictions")[0]
     assert grid.width > 3 * 320 and grid.height >= 320  # three 320 px tiles side by side
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, read_rgb
+from visiontrain.data.splits import checked_folds
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,18 @@ class CocoDetectionDataModule(DetectionDataModule):
         val: Mapping[str, str],
         num_classes: int | None = None,
         test: Mapping[str, str | None] | None = None,
+        folds: int | None = None,
+        fold: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
+        # k-fold folds one training pool; here train and val are two annotation files with their own image ids
+        if folds is not None:
+            raise UserError(
+                f"data.folds={folds}: COCO-format data is not folded, its train and val are separate annotation "
+                "files; set data.folds=null and give each fold's files as data.train and data.val."
+            )
+        checked_folds(folds, fold)
         self.splits = {"train": train, "val": val}
         if test and test.get("annotations"):
             self.splits["test"] = test

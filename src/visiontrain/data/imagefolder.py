@@ -1,24 +1,26 @@
 """Bring-your-own classification data: ``root/{train,val,test}/<class>/<image>``.
 
 ``val/`` is optional (then a seeded fraction of ``train/`` is held out); ``test/`` is optional
-(then the run has no test stage). Images are decoded per sample by DataLoader workers and
+(then the run has no test stage). With ``folds`` (k-fold cross-validation) ``train/`` and ``val/`` together
+are the pool that is folded; ``test/`` is never folded. Images are decoded per sample by DataLoader workers and
 augmented with ``torchvision.transforms.v2``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from visiontrain.data.augmentation import image_classification_transforms
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
+from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class RGBClassificationDataModule(SplitDataModule):
         eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 12345,
+        folds: int | None = None,
+        fold: int = 0,
         num_workers: int = 2,
         pin_memory: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -59,6 +63,7 @@ class RGBClassificationDataModule(SplitDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds, self.fold = checked_folds(folds, fold)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.num_channels = 3
@@ -72,12 +77,17 @@ class RGBClassificationDataModule(SplitDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def held_out_order(self, n: int) -> tuple[int, list[int]]:
-        """How many of ``n`` training samples validation holds out, and the seeded order (val first)."""
+    def held_out(self, labels: Sequence[int], pool: str) -> tuple[list[int], list[int]]:
+        """``(train, val)`` indices into a training pool of images of classes ``labels`` (``pool`` names it): fold
+        ``fold`` of the stratified ``folds``, else a seeded ``val_fraction`` of it."""
+        if self.folds is not None:
+            return fold_split(labels, self.folds, self.fold, self.split_seed, pool, self.class_names)
+        n = len(labels)
         n_val = max(1, round(self.val_fraction * n))
         if n_val >= n:
             raise UserError(f"data.val_fraction={self.val_fraction} leaves no training images out of {n}.")
-        return n_val, torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        return order[n_val:], order[:n_val]
 
 
 class ImageFolderDataModule(RGBClassificationDataModule):
@@ -122,19 +132,27 @@ class ImageFolderDataModule(RGBClassificationDataModule):
         if self.train_set is not None:
             return
         self.read_class_names()
-        train = self._folder("train", self.train_transform)
-        if (self.root / "val").is_dir():
-            self.train_set, self.val_set = train, self._folder("val", self.eval_transform)
+        has_val = (self.root / "val").is_dir()
+        if has_val and self.folds is None:
+            self.train_set = self._folder("train", self.train_transform)
+            self.val_set = self._folder("val", self.eval_transform)
         else:
-            n_val, order = self.held_out_order(len(train))
-            eval_view = ImageFolder(str(self.root / "train"), transform=self.eval_transform, loader=load_rgb)
-            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(eval_view, order[:n_val])
-            log.info(
-                "no %s/val: holding out %d of %d training images (seed %d)",
-                self.root,
-                n_val,
-                len(train),
-                self.split_seed,
-            )
+            # the pool: train/, and with folds val/ too: cross-validation validates on every labelled image that is
+            # not a test image, so a val/ folder is folded with train/ rather than left out
+            parts = ["train", "val"] if has_val else ["train"]
+            pool = " and ".join(str(self.root / part) for part in parts)
+            train_view = ConcatDataset([self._folder(part, self.train_transform) for part in parts])
+            eval_view = ConcatDataset([self._folder(part, self.eval_transform) for part in parts])
+            labels = [label for folder in train_view.datasets for label in folder.targets]
+            train_idx, val_idx = self.held_out(labels, pool)
+            self.train_set, self.val_set = Subset(train_view, train_idx), Subset(eval_view, val_idx)
+            if self.folds is None:
+                log.info(
+                    "no %s/val: holding out %d of %d training images (seed %d)",
+                    self.root,
+                    len(val_idx),
+                    len(labels),
+                    self.split_seed,
+                )
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)

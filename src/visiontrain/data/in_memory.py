@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from visiontrain.data import preprocessing
 from visiontrain.data.base import SplitDataModule
 from visiontrain.data.batch_transforms import BatchAugment
+from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class InMemoryClassificationDataModule(SplitDataModule):
     """Train/val/test splits held as uint8 tensors; subclasses say how to find, download and read the files.
 
     The validation split is carved from the official training split with a fixed seed
-    (``split_seed``), so ``test/*`` metrics are always on the official test split.
+    (``split_seed``): ``val_size`` images, or with ``folds`` fold ``fold`` of the stratified k-fold split
+    (visiontrain.data.splits). ``test/*`` metrics are always on the official test split.
     """
 
     name: str = ""
@@ -128,6 +130,8 @@ class InMemoryClassificationDataModule(SplitDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 12345,
+        folds: int | None = None,
+        fold: int = 0,
         download: bool = True,
         crop_padding: int = 0,
         hflip: bool = False,
@@ -153,6 +157,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
+        self.folds, self.fold = checked_folds(folds, fold)
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -220,15 +225,19 @@ class InMemoryClassificationDataModule(SplitDataModule):
             return
         self.ensure_files(download=False)
         images, labels = self.load_split(train=True)
-        if not 0 <= self.val_size < len(labels):
-            raise UserError(
-                f"data.val_size={self.val_size} must be between 0 (no validation split) and {len(labels) - 1} "
-                f"(the {self.name} training split has {len(labels)} images)."
-            )
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.folds is not None:  # data.folds replaces data.val_size
+            pool = f"the {self.name} training split"
+            train_idx, val_idx = fold_split(labels, self.folds, self.fold, self.split_seed, pool, self.class_names)
+        else:
+            if not 0 <= self.val_size < len(labels):
+                raise UserError(
+                    f"data.val_size={self.val_size} must be between 0 (no validation split) and {len(labels) - 1} "
+                    f"(the {self.name} training split has {len(labels)} images)."
+                )
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
-        self.val_set = TensorImageDataset(images[val_idx], labels[val_idx]) if self.val_size else None
+        self.val_set = TensorImageDataset(images[val_idx], labels[val_idx]) if len(val_idx) else None
         self.test_set = TensorImageDataset(*self.load_split(train=False))
         log.info(
             "%s: %d train / %d val (seed %d) / %d test images%s",

@@ -1,7 +1,9 @@
 """Bring your own segmentation data: images with index-PNG masks of the same name.
 
 Either ``root/{train,val,test}/{images,masks}/`` or one ``root/images/`` + ``root/masks/`` pair of
-folders, split into train/val/test with ``val_fraction`` / ``test_fraction`` and ``split_seed``.
+folders, split into train/val/test with ``val_fraction`` / ``test_fraction`` and ``split_seed``. With ``folds``
+(k-fold) the pool folded is everything but the test images: train/ and val/, or all but the same seeded
+``test_fraction``.
 Mask values are class indices, named in order by ``data.class_names`` or, left null, by ``root/classes.txt``
 (one name per line), else ``background``, ``foreground``; ``ignore_index`` marks pixels without a class.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from visiontrain.data.segmentation import IMAGE_SUFFIXES, SegmentationDataModule, pair_by_stem, seeded_split
+from visiontrain.data.segmentation import IMAGE_SUFFIXES, SegmentationDataModule, pair_by_stem
 from visiontrain.errors import UserError
 
 CLASS_FILE = "classes.txt"
@@ -73,11 +75,14 @@ class MaskFolderDataModule(SegmentationDataModule):
 
     def split_pairs(self) -> dict[str, list]:
         if self._split_folders():
-            return {
+            splits = {
                 split: pair_by_stem(self.root / split / "images", self.root / split / "masks",
                                     stems_of(self.root / split / "images"))
                 for split in ("train", "val", "test")
             }  # fmt: skip
+            if self.folds is not None:  # as with image folders: train/ and val/ are folded together
+                pool = f"{self.root}/train and {self.root}/val"
+                splits["train"], splits["val"] = self.fold_pairs(splits["train"] + splits["val"], pool)
+            return splits
         pairs = pair_by_stem(self.root / "images", self.root / "masks", stems_of(self.root / "images"))
-        test, val, train = seeded_split(pairs, [self.test_fraction, self.val_fraction], self.split_seed)
-        return {"train": train, "val": val, "test": test}
+        return self.seeded_splits(pairs, self.test_fraction, self.val_fraction, f"{self.root} outside the test split")

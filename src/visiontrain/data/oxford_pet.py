@@ -1,5 +1,6 @@
 """Oxford-IIIT Pet trimaps as segmentation: ``images/*.jpg``, ``annotations/trimaps/*.png``,
-``annotations/trainval.txt`` and ``test.txt`` (the official split; val is held out of trainval).
+``annotations/trainval.txt`` and ``test.txt`` (the official split; val is held out of trainval, or with
+``folds`` is one fold of it).
 
 Trimap values: 1 = pet, 2 = background, 3 = border (not classified). ``border`` chooses whether the
 border is its own class or ignored.
@@ -83,5 +84,9 @@ class OxfordPetDataModule(SegmentationDataModule):
             names = read_split_file(annotations / split_file)
             return pair_by_stem(self.root / "images", annotations / "trimaps", names)
 
-        val, train = seeded_split(pairs("trainval.txt"), [self.val_fraction], self.split_seed)
+        trainval = pairs("trainval.txt")
+        if self.folds is not None:
+            train, val = self.fold_pairs(trainval, str(annotations / "trainval.txt"))
+        else:
+            val, train = seeded_split(trainval, [self.val_fraction], self.split_seed)
         return {"train": train, "val": val, "test": pairs("test.txt")}

@@ -4,7 +4,8 @@ split files ``annotations/{trainval,test}.txt`` (``Image CLASS-ID SPECIES BREED-
 The classes are the breeds present in the lists (all 37 for the full dataset, 3 for the shared subset),
 ordered by their official CLASS-ID and renumbered 0..K-1; a class is named after its images (the file
 name without the trailing ``_<n>``, e.g. Abyssinian, american_bulldog). Validation is a seeded fraction
-of trainval; test is the official test list. Same transforms and augmentation options as image folders.
+of trainval, or with ``folds`` one fold of it (stratified by breed); test is the official test list. Same
+transforms and augmentation options as image folders.
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ class OxfordPetBreedsDataModule(RGBClassificationDataModule):
                     f"{len(absent)} image(s) of {self.root / f'annotations/{split}.txt'} are missing, e.g. {absent[0]}."
                 )
         trainval = samples["trainval"]
-        n_val, order = self.held_out_order(len(trainval))
-        self.train_set = LabelledImages([trainval[i] for i in order[n_val:]], self.train_transform)
-        self.val_set = LabelledImages([trainval[i] for i in order[:n_val]], self.eval_transform)
+        pool = str(self.root / SPLIT_FILES[0])
+        train_idx, val_idx = self.held_out([label for _, label in trainval], pool)
+        self.train_set = LabelledImages([trainval[i] for i in train_idx], self.train_transform)
+        self.val_set = LabelledImages([trainval[i] for i in val_idx], self.eval_transform)
         self.test_set = LabelledImages(samples["test"], self.eval_transform) if samples["test"] else None
         log.info(
             "%s: %d breeds, %d train / %d val (seed %d) / %d official test images",

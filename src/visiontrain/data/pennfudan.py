@@ -4,7 +4,8 @@
 Each mask PNG holds 0 for background and ``1..n`` for the n pedestrians of its image; every
 instance id becomes one instance mask and its box (the tightest box around its pixels, in the
 pixel-edge convention: a one-pixel object is 1x1). One class, ``pedestrian`` (label 1). The 170
-images are split train/val/test by a fixed seeded permutation (``split_seed``, ``val_size``, ``test_size``).
+images are split train/val/test by a fixed seeded permutation (``split_seed``, ``val_size``, ``test_size``); with
+``folds`` the images after the same ``test_size`` test images are folded (k-fold) into train and val.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import masks_to_boxes
 
 from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, read_rgb
+from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class PennFudanDataModule(DetectionDataModule):
         val_size: int = 20,
         test_size: int = 50,
         split_seed: int = 12345,
+        folds: int | None = None,
+        fold: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -101,6 +105,7 @@ class PennFudanDataModule(DetectionDataModule):
         self.val_size = val_size
         self.test_size = test_size
         self.split_seed = split_seed
+        self.folds, self.fold = checked_folds(folds, fold)
 
     def object_classes(self) -> tuple[str, ...]:
         return CLASS_NAMES
@@ -108,12 +113,23 @@ class PennFudanDataModule(DetectionDataModule):
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
         source = PennFudanSource(self.root)
         n = len(source)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        if self.folds is not None:  # the same test images as without folds; data.val_size is not used
+            if not 1 <= self.test_size < n:
+                raise UserError(
+                    f"data.test_size={self.test_size} must be at least 1 and leave images to fold: "
+                    f"{self.root} has {n} images."
+                )
+            test, pool = order[: self.test_size], order[self.test_size :]
+            pool_name = f"{self.root} outside the test split"
+            train_idx, val_idx = fold_split(len(pool), self.folds, self.fold, self.split_seed, pool_name)
+            train, val = [pool[i] for i in train_idx], [pool[i] for i in val_idx]
+            return {"train": (source, train), "val": (source, val), "test": (source, test)}
         if self.val_size < 1 or self.test_size < 1 or self.val_size + self.test_size >= n:
             raise UserError(
                 f"data.val_size={self.val_size} and data.test_size={self.test_size} must each be at least 1 and "
                 f"leave training images: {self.root} has {n} images."
             )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         test, val = order[: self.test_size], order[self.test_size : self.test_size + self.val_size]
         train = order[self.test_size + self.val_size :]
         return {"train": (source, train), "val": (source, val), "test": (source, test)}

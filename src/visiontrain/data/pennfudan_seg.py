@@ -1,7 +1,8 @@
 """Penn-Fudan pedestrians as binary semantic segmentation (person vs background) from ``PedMasks/``.
 
 Official layout: ``root/PNGImages/<id>.png`` and ``root/PedMasks/<id>_mask.png`` (instance ids, 0 =
-background). No official split exists: a fixed seeded train/val/test split of the 170 images.
+background). No official split exists: a fixed seeded train/val/test split of the 170 images (with ``folds``,
+the images outside the same seeded test split are folded).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visiontrain.data.base import download_attempt
-from visiontrain.data.segmentation import MaskMapping, SegmentationDataModule, pair_by_stem, seeded_split
+from visiontrain.data.segmentation import MaskMapping, SegmentationDataModule, pair_by_stem
 from visiontrain.errors import UserError
 
 PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
@@ -46,5 +47,4 @@ class PennFudanSegDataModule(SegmentationDataModule):
     def split_pairs(self) -> dict[str, list]:
         stems = sorted(p.stem for p in (self.root / "PNGImages").glob("*.png"))
         pairs = pair_by_stem(self.root / "PNGImages", self.root / "PedMasks", stems, mask_suffix="_mask.png")
-        test, val, train = seeded_split(pairs, [self.test_fraction, self.val_fraction], self.split_seed)
-        return {"train": train, "val": val, "test": test}
+        return self.seeded_splits(pairs, self.test_fraction, self.val_fraction, f"{self.root} outside the test split")

@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from visiontrain.data import preprocessing
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb, undecodable
+from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,8 @@ class SegmentationDataModule(SplitDataModule):
         eval_batch_size: int | None = None,
         ignore_index: int = 255,
         split_seed: int = 12345,
+        folds: int | None = None,
+        fold: int = 0,
         num_workers: int = 2,
         pin_memory: bool = False,
         download: bool = True,
@@ -246,6 +249,7 @@ class SegmentationDataModule(SplitDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.ignore_index = ignore_index
         self.split_seed = split_seed
+        self.folds, self.fold = checked_folds(folds, fold)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.download = download
@@ -277,8 +281,27 @@ class SegmentationDataModule(SplitDataModule):
         raise NotImplementedError
 
     def split_pairs(self) -> dict[str, list[Pair]]:
-        """``{"train": [...], "val": [...], "test": [...]}`` of (image, mask) paths."""
+        """``{"train": [...], "val": [...], "test": [...]}`` of (image, mask) paths; with ``folds``, train and val
+        from ``fold_pairs``."""
         raise NotImplementedError
+
+    def fold_pairs(self, pool: list[Pair], pool_name: str) -> tuple[list[Pair], list[Pair]]:
+        """Train and val pairs of fold ``fold`` of ``folds`` of the training pool (``pool_name`` says what it is)."""
+        train, val = fold_split(len(pool), self.folds, self.fold, self.split_seed, pool_name)
+        return [pool[i] for i in train], [pool[i] for i in val]
+
+    def seeded_splits(
+        self, pairs: list[Pair], test_fraction: float, val_fraction: float, pool_name: str
+    ) -> dict[str, list[Pair]]:
+        """Train/val/test of data without an official split, from one seeded order of ``pairs``: its head is the
+        test split, the next ``val_fraction`` validates; with ``folds`` everything after the test split is the pool
+        (``pool_name``), so a fold is tested on the same images as a run without folds."""
+        if self.folds is None:
+            test, val, train = seeded_split(pairs, [test_fraction, val_fraction], self.split_seed)
+        else:
+            test, pool = seeded_split(pairs, [test_fraction], self.split_seed)
+            train, val = self.fold_pairs(pool, pool_name)
+        return {"train": train, "val": val, "test": test}
 
     # stored mask values -> class indices; subclasses replace it where the files store something else
     mask_mapping = MaskMapping()

@@ -2,7 +2,7 @@
 and ``ImageSets/Segmentation/{train,val}.txt``.
 
 VOC's test labels are not public, so the official val set is our test split and val is held out of
-train with ``split_seed``.
+train with ``split_seed`` (with ``folds``: one fold of train).
 """
 
 from __future__ import annotations
@@ -57,5 +57,9 @@ class VOCSegDataModule(SegmentationDataModule):
             names = read_split_file(sets / split_file)
             return pair_by_stem(self.root / "JPEGImages", self.root / "SegmentationClass", names)
 
-        val, train = seeded_split(pairs("train.txt"), [self.val_fraction], self.split_seed)
+        train = pairs("train.txt")
+        if self.folds is not None:
+            train, val = self.fold_pairs(train, str(sets / "train.txt"))
+        else:
+            val, train = seeded_split(train, [self.val_fraction], self.split_seed)
         return {"train": train, "val": val, "test": pairs("val.txt")}

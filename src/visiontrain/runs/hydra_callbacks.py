@@ -1,4 +1,5 @@
-"""Hydra callbacks: after a multirun, one table of every job's overrides and final metrics."""
+"""Hydra callbacks: after a multirun, one table of every job's overrides and final metrics (``summary.csv``), the
+jobs grouped over seeds and folds (``summary_groups.csv``), and both for reading (``summary.md``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from visiontrain.runs import run_groups
 
 log = logging.getLogger("visiontrain")
 
@@ -49,6 +52,19 @@ def rank_jobs(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[s
 
 def write_summary(sweep_dir: Path, metric: str, mode: str) -> Path:
     rows = rank_jobs(collect_jobs(sweep_dir), metric, mode)
+    write_job_table(sweep_dir, rows, metric)
+    groups = run_groups.group_jobs(rows, metric, mode)
+    header, cells = run_groups.group_table(groups, metric)
+    with (sweep_dir / "summary_groups.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *cells])
+    (sweep_dir / "summary.md").write_text(run_groups.markdown(groups, rows, metric, mode))
+    print_summary(rows, metric, sweep_dir / "summary.csv")
+    if any(len(g.jobs) > 1 for g in groups):
+        print_groups(groups, metric)
+    return sweep_dir / "summary.csv"
+
+
+def write_job_table(sweep_dir: Path, rows: list[dict[str, Any]], metric: str) -> None:
     metric_names = sorted({k for row in rows for k in row} - {"job", "overrides", "status", "dir"})
     if metric in metric_names:  # the ranking metric first
         metric_names.remove(metric)
@@ -59,8 +75,6 @@ def write_summary(sweep_dir: Path, metric: str, mode: str) -> Path:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    print_summary(rows, metric, path)
-    return path
 
 
 def print_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
@@ -78,6 +92,23 @@ def print_summary(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
         table.add_row(row["job"], row["status"], varying, f"{value:.4f}" if isinstance(value, float) else "-")
     # a pipe or log file gets the table at its natural width, not wrapped at 80 columns
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def print_groups(groups: list[run_groups.Group], metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"settings over seeds / folds, best mean {metric} first")
+    for column in ("rank", "setting", f"{metric}: mean ± std [95 % interval]", "n"):
+        table.add_column(column)
+    settings = run_groups.varying_part([g.setting for g in groups])
+    for rank, (group, setting) in enumerate(zip(groups, settings), start=1):
+        stat = group.stats.get(metric) or run_groups.Statistic.of([])
+        table.add_row(str(rank), setting, stat.text(), str(stat.n))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for sentence in run_groups.overlap_sentences(groups, metric):
+        console.print(sentence)
 
 
 class SweepSummary(Callback):

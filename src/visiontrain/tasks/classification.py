@@ -17,7 +17,12 @@ from torchvision.transforms import v2
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
-from visiontrain.tasks.figures import confusion_matrix_figure, prediction_grid_figure
+from visiontrain.tasks.figures import (
+    confusion_matrix_figure,
+    per_class_figure,
+    prediction_grid_figure,
+    publish_figure,
+)
 from visiontrain.tasks.serving import LoadedModel, TaskServing
 
 
@@ -219,20 +224,21 @@ class ClassificationModule(VisionTask):
         # already synchronised by torchmetrics; sync_dist only keeps Lightning from warning under DDP
         self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)}, sync_dist=True)
         confusion = self.test_confusion.compute()
-        experiment = getattr(self.logger, "experiment", None)
-        if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            experiment.add_figure(
-                "test/confusion_matrix",
-                confusion_matrix_figure(confusion.cpu(), self.class_names),
-                global_step=self.global_step,
-            )
-            if self._test_samples:
-                images, preds, labels = (torch.cat(t) for t in zip(*self._test_samples))
-                experiment.add_figure(
-                    "test/predictions",
-                    prediction_grid_figure(images, preds, labels, self.class_names),
-                    global_step=self.global_step,
-                )
+        split = "test split"
+        publish_figure(
+            self.trainer,
+            "confusion_matrix",
+            confusion_matrix_figure(confusion, self.class_names, f"confusion matrix, {split} (rows: true class)"),
+            tag="test/confusion_matrix",
+        )
+        title = f"per-class accuracy, {split} (overall {float(self.test_metrics['acc'].compute()):.3f})"
+        publish_figure(
+            self.trainer, "per_class_accuracy", per_class_figure(per_class, self.class_names, "accuracy", title)
+        )
+        if self._test_samples:
+            images, preds, labels = (torch.cat(t) for t in zip(*self._test_samples))
+            grid = prediction_grid_figure(images, preds, labels, self.class_names)
+            publish_figure(self.trainer, "test_predictions", grid, tag="test/predictions")
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()

@@ -38,6 +38,14 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
+from visiontrain.tasks.detection_review import (
+    RECALL_POINTS,
+    DetectionConfusionMatrix,
+    class_average_precisions,
+    precision_curves,
+    write_class_table,
+)
+from visiontrain.tasks.figures import confusion_matrix_figure, plots_dir, pr_curves_figure, publish_figure
 from visiontrain.tasks.serving import (
     ExportedCall,
     LoadedModel,
@@ -55,9 +63,11 @@ Target = dict[str, torch.Tensor]
 SUMMARY = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
 
 
-def average_precision(iou_types: tuple[str, ...], class_metrics: bool = False) -> MeanAveragePrecision:
+def average_precision(iou_types: tuple[str, ...], extended_summary: bool = False) -> MeanAveragePrecision:
+    """COCO mAP; ``extended_summary`` keeps COCO's precision array, from which the test's per-class AP and
+    precision-recall curves are read (rather than torchmetrics' ``class_metrics``, which evaluates again per class)."""
     return MeanAveragePrecision(
-        box_format="xyxy", iou_type=iou_types, class_metrics=class_metrics, backend="pycocotools"
+        box_format="xyxy", iou_type=iou_types, extended_summary=extended_summary, backend="pycocotools"
     )
 
 
@@ -146,7 +156,8 @@ class DetectionModule(VisionTask):
             )
         self.iou_types: tuple[str, ...] = ("bbox", "segm") if masks else ("bbox",)
         self.val_map = average_precision(self.iou_types)
-        self.test_map = average_precision(self.iou_types, class_metrics=True)
+        self.test_map = average_precision(self.iou_types, extended_summary=True)
+        self.test_confusion = DetectionConfusionMatrix(num_classes, score_threshold=image_score_threshold)
         self.val_map_best = MaxMetric()
         self.val_map_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self._val_samples: list[torch.Tensor] = []
@@ -232,21 +243,47 @@ class DetectionModule(VisionTask):
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
-        self._predict(images, targets, self.test_map)
+        preds = self._predict(images, targets, self.test_map)
+        self.test_confusion.update(preds, targets)
 
     def on_test_epoch_end(self) -> None:
         result = self.test_map.compute()
         self.test_map.reset()
         values = {f"test/{k}": v for k, v in summary_values(result, self.iou_types).items()}
+        classes = [int(label) for label in result["classes"].reshape(-1).tolist()]
+        table: dict[str, torch.Tensor] = {}
         for iou_type in self.iou_types:
             prefix = f"{iou_type}_" if len(self.iou_types) > 1 else ""
-            name = "map_class" if iou_type == "bbox" else "segm_map_class"
-            classes = result["classes"].reshape(-1).tolist()
-            per_class = result[f"{prefix}map_per_class"].reshape(-1)
-            for label, ap in zip(classes, per_class):
+            kind = "" if iou_type == "bbox" else "segm_"
+            precision = result[f"{prefix}precision"]
+            if precision.numel() == 0 or not classes:  # nothing detected and nothing to detect
+                continue
+            per_class = class_average_precisions(precision)
+            table.update({f"{kind}{name}": ap for name, ap in per_class.items()})
+            for label, ap in zip(classes, per_class["ap"]):
                 if ap >= 0:  # -1: the class does not occur in the test split
-                    values[f"test/{name}/{self.class_names[int(label) - 1]}"] = ap
+                    values[f"test/{kind}map_class/{self.class_names[label - 1]}"] = ap.float()
+            self.publish_pr_curves(precision, classes, "boxes" if iou_type == "bbox" else "masks")
         self.log_dict(values, sync_dist=True)
+        if table and self.trainer.is_global_zero:
+            path = plots_dir(self.trainer) / "per_class_ap.csv"
+            write_class_table(path, self.class_names, self.category_ids, classes, table)
+        names = [*self.class_names, "background"]
+        title = f"confusion matrix, test split (IoU >= 0.5, score >= {self.hparams.image_score_threshold})"
+        figure = confusion_matrix_figure(self.test_confusion.compute(), names, title)
+        publish_figure(self.trainer, "confusion_matrix", figure, tag="test/confusion_matrix")
+        self.test_confusion.reset()
+
+    def publish_pr_curves(self, precision: torch.Tensor, classes: list[int], kind: str) -> None:
+        at_50, mean = precision_curves(precision)
+        curves = {
+            self.class_names[label - 1]: (at_50[k].tolist(), mean[k].tolist())
+            for k, label in enumerate(classes)
+            if at_50[k].min() >= 0  # classes without ground truth have no curve
+        }
+        name = "pr_curves" if kind == "boxes" else "pr_curves_masks"
+        figure = pr_curves_figure(RECALL_POINTS.tolist(), curves, f"test split, {kind}")
+        publish_figure(self.trainer, name, figure, tag=f"test/{name}")
 
     # --- optimisation ---------------------------------------------------------------------------
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

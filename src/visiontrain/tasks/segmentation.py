@@ -13,13 +13,19 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from visiontrain.data import preprocessing
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
+from visiontrain.tasks.figures import confusion_matrix_figure, per_class_figure, publish_figure
 from visiontrain.tasks.serving import LoadedModel, TaskServing
 
 
@@ -103,6 +109,7 @@ class SegmentationModule(VisionTask):
         self.val_miou_best = MaxMetric()
         self.val_miou_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self.test_class_iou = MulticlassJaccardIndex(num_classes, ignore_index=ignore_index, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
         self._overlay_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -179,13 +186,21 @@ class SegmentationModule(VisionTask):
     def test_step(self, batch, batch_idx: int) -> None:
         preds = self._evaluate(batch, self.test_loss, self.test_metrics)
         self.test_class_iou.update(preds, batch[1])
+        self.test_confusion.update(preds, batch[1])
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss)
         self.log_dict(self.test_metrics)
         per_class = self.test_class_iou.compute()
         self.log_dict({f"test/iou_class/{n}": v for n, v in zip(self.class_names, per_class)}, sync_dist=True)
+        title = f"per-class IoU, test split (mIoU {float(self.test_metrics['miou'].compute()):.3f})"
+        publish_figure(self.trainer, "per_class_iou", per_class_figure(per_class, self.class_names, "IoU", title))
+        confusion = self.test_confusion.compute()
+        title = "pixel confusion matrix, test split (rows: true class)"
+        figure = confusion_matrix_figure(confusion, self.class_names, title, cells="rate")
+        publish_figure(self.trainer, "confusion_matrix", figure, tag="test/confusion_matrix")
         self.test_class_iou.reset()
+        self.test_confusion.reset()
 
     # --- review ---------------------------------------------------------------------------------
     def log_overlays(self, tag: str, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor) -> None:
