@@ -136,3 +136,144 @@ def write_pennfudan(root: Path, n_images: int = 12, seed: int = 7) -> Path:
             )
         (base / "Annotation" / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return base
+
+
+# --- YOLO (Ultralytics) and Pascal VOC XML layouts ----------------------------------------------------------------
+# a sample is (file name, image, objects): the image a PIL image to save or a path to copy; each object a dict with
+# "class" (0-based, CATEGORIES order), "name", "box" (XYXY pixel edges), optional "polygon" (flat pixel x y list)
+# and optional "difficult" (VOC). YOLO: objects None = no label file (a background image).
+CLASS_NAMES = tuple(c["name"] for c in CATEGORIES)
+
+
+def save_image(image, path: Path) -> None:
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, (str, Path)):
+        shutil.copyfile(image, path)
+    else:
+        image.save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else image.save(path)
+
+
+def image_size(image) -> tuple[int, int]:
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.size
+    return image.size
+
+
+def yolo_line(obj: dict, width: int, height: int) -> str:
+    """``class cx cy w h``, or ``class x1 y1 x2 y2 ...`` when the object has a polygon; fractions of the image."""
+    if obj.get("polygon"):
+        scaled = [v / (width if n % 2 == 0 else height) for n, v in enumerate(obj["polygon"])]
+        return " ".join([str(obj["class"]), *(f"{v:.6f}" for v in scaled)])
+    x0, y0, x1, y1 = obj["box"]
+    values = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+    return " ".join([str(obj["class"]), *(f"{v:.6f}" for v in values)])
+
+
+def write_yolo_yaml(root: Path, names=CLASS_NAMES, as_dict: bool = False) -> Path:
+    """``root/data.yaml`` as Ultralytics writes it (``path``/``train``/``val`` keys included; they are not read)."""
+    lines = [f"path: {root}", "train: images/train", "val: images/val", "test: images/test", "names:"]
+    lines += [f"  {i}: {name}" for i, name in enumerate(names)] if as_dict else [f"  - {name}" for name in names]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("\n".join(lines) + "\n")
+    return root / "data.yaml"
+
+
+def write_yolo_split(root: Path, split: str, samples) -> None:
+    """``root/images/<split>/<name>`` and ``root/labels/<split>/<stem>.txt``."""
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for name, image, objects in samples:
+        save_image(image, root / "images" / split / name)
+        if objects is not None:
+            width, height = image_size(image)
+            text = "".join(yolo_line(obj, width, height) + "\n" for obj in objects)
+            (root / "labels" / split / f"{Path(name).stem}.txt").write_text(text)
+
+
+def voc_xml(filename: str, width: int, height: int, objects) -> str:
+    """A VOC annotation: bndbox counts pixels from 1 and includes the last one, so edges (x0, y0, x1, y1) are written
+    as (x0 + 1, y0 + 1, x1, y1)."""
+    parts = [
+        "<annotation>",
+        "  <folder>VOC2007</folder>",
+        f"  <filename>{filename}</filename>",
+        f"  <size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+        "  <segmented>0</segmented>",
+    ]
+    for obj in objects:
+        x0, y0, x1, y1 = obj["box"]
+        parts += [
+            "  <object>",
+            f"    <name>{obj['name']}</name>",
+            "    <pose>Unspecified</pose>",
+            "    <truncated>0</truncated>",
+            f"    <difficult>{int(obj.get('difficult', False))}</difficult>",
+            "    <bndbox>",
+            f"      <xmin>{x0 + 1:g}</xmin><ymin>{y0 + 1:g}</ymin><xmax>{x1:g}</xmax><ymax>{y1:g}</ymax>",
+            "    </bndbox>",
+            "  </object>",
+        ]
+    return "\n".join([*parts, "</annotation>"]) + "\n"
+
+
+def write_voc_split(root: Path, split: str, samples) -> None:
+    """``root/JPEGImages/<name>``, ``root/Annotations/<stem>.xml``; the ids in ``root/ImageSets/Main/<split>.txt``."""
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, image, objects in samples:
+        save_image(image, root / "JPEGImages" / name)
+        width, height = image_size(image)
+        (root / "Annotations" / f"{Path(name).stem}.xml").write_text(voc_xml(name, width, height, objects or []))
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{Path(n).stem}\n" for n, _, _ in samples))
+
+
+def shapes_samples(n_images: int, seed: int, suffix: str, prefix: str = "", sizes=((128, 96), (96, 128))):
+    """Shape pictures as samples (see ``shapes_image``); each object's box is the tight box of its drawn pixels."""
+    rng = np.random.default_rng(seed)
+    class_of = {c["id"]: n for n, c in enumerate(CATEGORIES)}
+    samples = []
+    for n in range(n_images):
+        width, height = sizes[n % len(sizes)]
+        image, annotations = shapes_image(rng, width, height, int(rng.integers(1, 3)))
+        objects = []
+        for ann in annotations:
+            x, y, w, h = ann["bbox"]
+            cls = class_of[ann["category_id"]]
+            objects.append({"class": cls, "name": CLASS_NAMES[cls], "box": [x, y, x + w, y + h],
+                            "polygon": ann["segmentation"][0]})  # fmt: skip
+        samples.append((f"{prefix}{n:04d}{suffix}", image, objects))
+    return samples
+
+
+def write_yolo_shapes(root: Path, counts=(8, 4, 4), polygons: bool = False, as_dict: bool = False) -> dict:
+    """A YOLO dataset of shape pictures, box lines (or polygon lines); the first training image has no label file.
+    Returns ``{split: samples}`` as written."""
+    written = {}
+    for seed, (split, n) in enumerate(zip(("train", "val", "test"), counts)):
+        samples = shapes_samples(n, 200 + seed, ".png", prefix=f"{split}_")
+        if not polygons:
+            samples = [(name, image, [{k: v for k, v in o.items() if k != "polygon"} for o in objs])
+                       for name, image, objs in samples]  # fmt: skip
+        if split == "train":
+            samples[0] = (samples[0][0], samples[0][1], None)  # a background image
+        write_yolo_split(root, split, samples)
+        written[split] = samples
+    write_yolo_yaml(root, as_dict=as_dict)
+    return written
+
+
+def write_voc_shapes(root: Path, counts=(8, 4, 4), difficult_every: int = 0) -> dict:
+    """A VOCdevkit/VOC2007-style folder of shape pictures (JPEG; ids unique across splits); with ``difficult_every``
+    = k, every k-th object is marked difficult. Returns ``{split: samples}`` as written."""
+    written, seen = {}, 0
+    for seed, (split, n) in enumerate(zip(("train", "val", "test"), counts)):
+        samples = shapes_samples(n, 300 + seed, ".jpg", prefix=f"{split}_")
+        for _, _, objects in samples:
+            for obj in objects:
+                seen += 1
+                obj["difficult"] = bool(difficult_every) and seen % difficult_every == 0
+        write_voc_split(root, split, samples)
+        written[split] = samples
+    return written

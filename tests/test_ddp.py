@@ -37,10 +37,14 @@ def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, dataset
         "tensorboard",
         "config.yaml",
         "metrics.json",
+        "plots",
+        "splits.json",
         "train.log",
         "train_ddp_process_1.log",
     }
     assert len(list((run / "tensorboard").glob("hparams.yaml"))) == 1
+    # figures by rank 0 only, the test's from the metrics synchronised over both processes
+    assert {p.name for p in (run / "plots").iterdir()} >= {"learning_curves.png", "confusion_matrix.png"}
 
     # the test metrics cover the whole test split, not rank 0's half: one process on the same weights agrees
     result = run_cli(

@@ -1,17 +1,32 @@
-"""The Optuna sweeper (hparams_search=...): trials as Hydra jobs, study in SQLite, failures, pruning, resume."""
+"""The Optuna sweeper (hparams_search=...): trials as Hydra jobs, study in SQLite, failures, pruning, resume; the
+study's report at the end (plots, best.yaml)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 import torch
-from optuna.trial import TrialState
+from matplotlib.image import imread
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from tests.conftest import run_cli
 from tests.test_cli import run_dirs
+from visiontrain.runs.study_report import (
+    OVERRIDES,
+    SEARCH_PATH,
+    not_drawable,
+    primary_config,
+    project_groups,
+    trial_overrides,
+    write_study_report,
+)
 
 SWEEP = [
     "-m",
@@ -34,6 +49,18 @@ def study_of(sweep: Path) -> optuna.Study:
 def summary_rows(sweep: Path) -> list[dict[str, str]]:
     with (sweep / "summary.csv").open() as f:
         return list(csv.DictReader(f))
+
+
+PLOTS = ("history", "importances", "parallel_coordinate", "slice")
+
+
+def assert_png(path: Path) -> None:
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, path
+
+
+def best_header(sweep: Path) -> str:
+    return (sweep / "best.yaml").read_text().splitlines()[0]
 
 
 def test_failed_trials_are_recorded_and_pruned_trials_stop_early(tmp_path, datasets):
@@ -64,6 +91,9 @@ def test_failed_trials_are_recorded_and_pruned_trials_stop_early(tmp_path, datas
             assert last["epoch"] == 0  # stopped after one of two epochs
     statuses = {row["job"]: row["status"] for row in summary_rows(sweep)}
     assert statuses == {str(t.number): "failed" if t.state == TrialState.FAIL else "done" for t in trials}
+    # no trial completed: nothing to plot, no best trial; the sweep still ends well
+    assert not (sweep / "best.yaml").exists() and not (sweep / "optuna").exists()
+    assert "Optuna plots not drawn: no completed trial" in result.stdout + result.stderr
 
 
 def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path, datasets):
@@ -73,6 +103,7 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path, datase
     assert result.returncode == -9
     (sweep,) = run_dirs(tmp_path, "multiruns")
     assert [t.state for t in study_of(sweep).trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert not (sweep / "best.yaml").exists()  # killed before its end
     first = (sweep / "0" / "metrics.json").stat().st_mtime_ns
 
     result = run_cli("train.py", [*SWEEP, f"resume={sweep}"], cwd=tmp_path, data_dir=datasets)
@@ -90,6 +121,51 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path, datase
         metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
         assert trial.value == metrics["val/acc_best"]
     assert [row["status"] for row in summary_rows(sweep)] == ["done"] * 3
+    # the resumed sweep reports the whole study, the first run's trial included
+    best = study_of(sweep).best_trial
+    summary = f"#{best.number}, val/acc_best = {best.value} (maximize; 3 of 3 trials completed)."
+    assert best_header(sweep).endswith(summary)
+    check_report(sweep, result.stdout + result.stderr, tmp_path, datasets)
+
+
+def check_report(sweep: Path, output: str, cwd: Path, data_dir: Path) -> None:
+    """The plots a sweep of three completed trials leaves, and a best.yaml that composes its best trial's config."""
+    sweep = sweep.resolve()
+    study = study_of(sweep)
+    best = study.best_trial
+    for name in PLOTS:
+        path = sweep / "optuna" / f"{name}.png"
+        if name == "importances" and len({t.value for t in study.trials}) == 1:  # synthetic data: often all 1.0
+            assert not path.exists() and "Optuna plot importances not drawn: every completed trial scored" in output
+        else:
+            assert_png(path)
+
+    best_yaml = OmegaConf.load(sweep / "best.yaml")
+    # group choices in the defaults list (told apart by the sweep's config loader), values in the config; not
+    # the sweep's hydra.* overrides, nor resume=<sweep dir>
+    assert list(best_yaml.defaults) == [
+        "train",
+        {"override hparams_search": "mnist_optuna"},
+        {"override logger": "csv"},
+        "_self_",
+    ]
+    assert {key: OmegaConf.select(best_yaml, key) for key in best.params} == best.params
+    assert "hydra" not in best_yaml and "resume" not in best_yaml
+    # both ways to train it again are printed at the end of the sweep
+    assert f"python train.py --config-dir {sweep} --config-name best" in output
+    assert "python train.py hparams_search=mnist_optuna " in output
+
+    compose_only = ["--config-dir", str(sweep), "--config-name", "best", "--cfg", "job"]
+    result = run_cli("train.py", compose_only, cwd=cwd, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    composed = OmegaConf.create(result.stdout)
+    assert {key: OmegaConf.select(composed, key) for key in best.params} == best.params
+    # the best trial's job config, but for the pruning callback (a rerun is no trial of the study) and resume
+    trial_config = OmegaConf.load(sweep / str(best.number) / ".hydra" / "config.yaml")
+    assert trial_config.callbacks.optuna_pruning is not None and composed.callbacks.optuna_pruning is None
+    trial_config.callbacks.optuna_pruning = None
+    trial_config.resume = None
+    assert OmegaConf.to_container(composed) == OmegaConf.to_container(trial_config)
 
 
 def test_hparams_search_configs_compose_into_search_spaces():
@@ -118,3 +194,108 @@ def test_hparams_search_configs_compose_into_search_spaces():
         assert space["model.optimizer.lr"].log and isinstance(space["model.optimizer.lr"], FloatDistribution)
         assert "data.batch_size" not in space and fixed == ["data.batch_size=64"]
         assert space["seed"] == CategoricalDistribution([1, 2])
+
+
+def study_with(values: list[float | None]) -> optuna.Study:
+    """An in-memory study of trials over two parameters, as the sweeper records them (None: a failed trial)."""
+    study = optuna.create_study(direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val/acc_best"])
+    distributions = {
+        "model.optimizer.lr": FloatDistribution(1e-3, 0.1, log=True),
+        "model.net.width": CategoricalDistribution([8, 16, 32]),
+    }
+    for number, value in enumerate(values):
+        params = {"model.optimizer.lr": 0.002 * (number + 1), "model.net.width": [8, 16, 32][number % 3]}
+        launched = ["trainer.max_epochs=2", "hydra.sweeper.n_trials=9", *trial_overrides(params)]
+        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+        trial = create_trial(
+            params=params, distributions=distributions, value=value, state=state, user_attrs={OVERRIDES: launched}
+        )
+        study.add_trial(trial)
+    return study
+
+
+def test_study_report_draws_what_the_trials_allow(tmp_path):
+    study = study_with([0.5, 0.7, 0.6, None])
+    study.set_user_attr(SEARCH_PATH, ["file:///my/configs"])  # the sweep's --config-dir
+    # is_group: no config group among these overrides, so no config is read
+    report = write_study_report(study, tmp_path / "full", is_group=lambda name: False)
+    assert [p.name for p in report.plots] == [f"{name}.png" for name in PLOTS]
+    for path in report.plots:
+        assert_png(path)
+    assert report.best_config == tmp_path / "full" / "best.yaml"
+    assert best_header(tmp_path / "full").endswith("#1, val/acc_best = 0.7 (maximize; 3 of 4 trials completed).")
+    best_yaml = OmegaConf.load(report.best_config)
+    assert best_yaml.model.optimizer.lr == 0.004 and best_yaml.trainer.max_epochs == 2
+    assert best_yaml.hydra == {"searchpath": ["file:///my/configs"]}
+    assert report.overrides == [
+        "hydra.searchpath=['file:///my/configs']",
+        "trainer.max_epochs=2",
+        "model.optimizer.lr=0.004",
+        "model.net.width=16",
+        "++callbacks.optuna_pruning=null",
+    ]
+
+    report = write_study_report(study_with([None]), tmp_path / "none", is_group=lambda name: False)
+    assert report.plots == [] and report.best_config is None and not (tmp_path / "none").exists()
+    # what is not drawn, and why (logged)
+    one = study_with([0.5, None]).get_trials(states=(TrialState.COMPLETE,))
+    assert not_drawable("history", one) is None
+    assert not_drawable("slice", one) == "1 completed trial, the plot needs 2"
+    flat = study_with([0.5, 0.5]).get_trials()
+    assert not_drawable("importances", flat) == "every completed trial scored 0.5"
+    assert not_drawable("parallel_coordinate", flat) is None
+    same = [
+        create_trial(params={"seed": 1}, distributions={"seed": CategoricalDistribution([1, 2])}, value=v)
+        for v in (1, 2)
+    ]
+    assert not_drawable("importances", same) == "no parameter varies between the completed trials"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # hparams_search=cifar10_optuna selects an experiment itself: why best.yaml is a primary config
+        ["hparams_search=cifar10_optuna", "model/optimizer=adamw", "model.optimizer.lr=0.5", "trainer.max_epochs=2"],
+        # +key, ~key (given on the command line after the config), a group chosen twice, a list value
+        [
+            "experiment=mnist_simple_cnn",
+            "+callbacks.kill.step=10",
+            "~callbacks.lr_monitor",
+            "logger=csv",
+            "logger=none",
+        ],
+        ["hparams_search=mnist_optuna", "debug=fdr", "tags=[a,b]", "model.net.dropout=0.25"],
+        # a group of the user's own configs (--config-dir, as the sweep's search path gives it back)
+        ["hydra.searchpath=['file://MINE']", "+extra=foo", "model.net.width=8"],
+    ],
+)
+def test_primary_config_composes_as_its_command_line(tmp_path, overrides):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from visiontrain.runs.config import CONFIG_DIR
+
+    mine = tmp_path / "mine"
+    (mine / "extra").mkdir(parents=True)
+    (mine / "extra" / "foo.yaml").write_text("# @package _global_\nfoo: 1\n")
+    overrides = [o.replace("MINE", str(mine)) for o in overrides]
+    config, left = primary_config(overrides, project_groups([f"file://{mine}"]))
+    (tmp_path / "best.yaml").write_text(OmegaConf.to_yaml(config))
+    search_path = create_config_search_path(CONFIG_DIR)
+    search_path.prepend("command-line", f"file://{tmp_path}", SearchPathQuery(provider="schema"))
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+
+    def composed(config_name: str, overrides: list[str]) -> tuple[dict, dict]:
+        cfg = loader.load_configuration(config_name, overrides=overrides, run_mode=RunMode.RUN)
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg), choices
+
+    assert composed("best", left) == composed("train", overrides)

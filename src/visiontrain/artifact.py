@@ -9,7 +9,9 @@ Format 1, in a checkpoint (plain values, so the file loads with ``weights_only=T
 - ``visiontrain_config``: ``model`` and ``data`` as composed (interpolations kept: ``eval.py`` rebuilds them),
   ``model_resolved`` (every value filled in: ``predict.py`` and ``export.py`` rebuild the network from it),
   ``preprocessing`` (the data's test-time input pipeline, ``visiontrain.data.preprocessing``), ``task``;
-- ``class_names``; ``category_ids`` for detection (the dataset's id of each label ``1..K``).
+- ``class_names``; ``category_ids`` for detection (the dataset's id of each label ``1..K``);
+- ``visiontrain_splits`` (absent from checkpoints written before it existed): what the training run's splits held,
+  per split ``count``, ``digest``, ``labels_digest`` and ``hashes`` (``visiontrain.data.manifest.summary``).
 
 In an exported file: one JSON object under the ONNX metadata key / TorchScript extra file ``visiontrain``
 with ``format_version``, ``task``, ``class_names``, ``preprocessing``, ``category_ids`` (detection) and
@@ -33,6 +35,7 @@ from visiontrain.errors import UserError
 FORMAT_VERSION = 1
 VERSION_KEY = "visiontrain_format"
 CONFIG_KEY = "visiontrain_config"
+SPLITS_KEY = "visiontrain_splits"
 METADATA_KEY = "visiontrain"  # the ONNX metadata key; the TorchScript extra file is METADATA_KEY + ".json"
 # modules that moved since checkpoints named them in their configs' _target_: old prefix -> new prefix
 MOVED_TARGETS = {"visiontrain.optim.": "visiontrain.tasks.schedules."}
@@ -48,6 +51,8 @@ class ArtifactInfo:
     category_ids: tuple[int, ...] | None = None  # detection: the dataset's id of label 1..K
     # checkpoints only: "model" and "data" as composed, "model_resolved" with every value filled in
     configs: Mapping[str, Any] = field(default_factory=dict)
+    # checkpoints only: the training run's splits (visiontrain.data.manifest.summary); {} when not recorded
+    splits: Mapping[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """What an exported file carries (the configs stay in the checkpoint)."""
@@ -70,6 +75,8 @@ def write(checkpoint: dict[str, Any], info: ArtifactInfo) -> None:
     checkpoint["class_names"] = list(info.class_names)
     if info.category_ids is not None:
         checkpoint["category_ids"] = list(info.category_ids)
+    if info.splits:
+        checkpoint[SPLITS_KEY] = dict(info.splits)
 
 
 def describe(checkpoint: Mapping[str, Any], source: str) -> ArtifactInfo | None:
@@ -92,6 +99,7 @@ def describe(checkpoint: Mapping[str, Any], source: str) -> ArtifactInfo | None:
         preprocessing=dict(preprocessing),
         category_ids=tuple(int(i) for i in category_ids) if category_ids is not None else None,
         configs=configs,
+        splits=dict(checkpoint.get(SPLITS_KEY) or {}),
     )
 
 

@@ -9,12 +9,15 @@
 - ``resume=<sweep dir>``: the study is loaded from that folder; trials left running by the interrupted sweep are
   run again under their number, in their folder (the job continues from its last checkpoint), then new
   trials until the study holds ``n_trials``.
+- At the end (of a resumed sweep too) the whole study is reported (``visiontrain.runs.study_report``): plots in
+  ``<sweep dir>/optuna/``, the best trial as ``<sweep dir>/best.yaml``, and the commands that train it again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from visiontrain.callbacks.optuna_pruning import PRUNED_AT, study_storage
+from visiontrain.runs.study_report import OVERRIDES, SEARCH_PATH, command_line, trial_overrides, write_study_report
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -84,20 +88,6 @@ def search_space(
             space.pop(key, None)  # a value fixed on the command line wins over the config's search range
             fixed.append(f"{key}={override.get_value_element_as_str()}")
     return space, fixed
-
-
-def trial_overrides(params: dict[str, Any]) -> list[str]:
-    parser = OverridesParser.create()
-    overrides = []
-    for key, value in params.items():
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        try:  # a string Hydra would read differently is quoted
-            if isinstance(value, str) and parser.parse_override(f"{key}={text}").value() != value:
-                text = repr(value)
-        except Exception:
-            text = repr(value)
-        overrides.append(f"{key}={text}")
-    return overrides
 
 
 def built(node: Any) -> Any:
@@ -153,6 +143,14 @@ class OptunaSweeper(Sweeper):
         if study.get_trials(deepcopy=False):
             # a resumed study: a seeded sampler would start over and propose the first run's trials again
             study.sampler.reseed_rng()
+        metric = OmegaConf.select(self.config, "optimized_metric", default=None, throw_on_resolution_failure=False)
+        if metric:  # named in the study's plots and reports, also when read from its storage alone
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([str(metric)])
+        # config folders given to this sweep (--config-dir, hydra.searchpath=...): best.yaml searches them too
+        sources = self.config.hydra.runtime.config_sources
+        study.set_user_attr(SEARCH_PATH, [f"{s.schema}://{s.path}" for s in sources if "command-line" in s.provider])
         log.info("Optuna study %r in %s: %d trials, %d at a time", self.study_name, storage, self.n_trials, self.n_jobs)
         for name, dist in space.items():
             log.info("\t%s: %s", name, dist)
@@ -173,11 +171,32 @@ class OptunaSweeper(Sweeper):
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
             best = study.best_trial
-            log.info("best trial #%d: %s = %s, %s", best.number, self.direction, best.value, best.params)
+            name = metric or "value"
+            log.info("best trial #%d: %s = %s (%s), %s", best.number, name, best.value, self.direction, best.params)
             OmegaConf.save(
                 OmegaConf.create({"trial": best.number, "value": best.value, "params": best.params}),
                 self.sweep_dir / "optimization_results.yaml",
             )
+        try:
+            self._report(study, fixed)
+        except Exception as err:  # the plots and best.yaml are extras: the study and the jobs' records stand
+            log.warning("the study's report (plots, best.yaml) was not written: %s", err)
+
+    def _report(self, study: optuna.Study, fixed: list[str]) -> None:
+        """Plots and best.yaml for the whole study (a resumed sweep's earlier trials included)."""
+        loader = self.hydra_context.config_loader
+        report = write_study_report(
+            study,
+            self.sweep_dir,
+            fixed,
+            # a config group has options in this sweep's search path (--config-dir included)
+            is_group=lambda name: bool(loader.get_group_options(name)),
+            config_name=str(self.config.hydra.job.config_name),
+        )
+        if report.best_config:
+            log.info("the best trial as a config: %s; train it again with", report.best_config)
+            log.info("\t%s", command_line(report.config_command))
+            log.info("or\t%s", command_line(report.overrides))
 
     def _run_batch(self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str]) -> None:
         # the launcher numbers jobs from initial_job_idx: consecutive trial numbers go together, so that each
@@ -191,6 +210,9 @@ class OptunaSweeper(Sweeper):
         for group in groups:
             overrides = [tuple(fixed + trial_overrides(trial.params)) for trial in group]
             self.validate_batch_is_legal(overrides)
+            for trial, launched in zip(group, overrides):
+                # kept with the trial, so that its run can be reported (best.yaml) from the study alone
+                trial.set_user_attr(OVERRIDES, list(launched))
             returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
             for trial, ret in zip(group, returns):
                 self._tell(study, trial, ret)

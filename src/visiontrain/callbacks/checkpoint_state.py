@@ -1,9 +1,12 @@
-"""What every checkpoint carries beyond Lightning's state: the trained artifact's description, the metrics
-logged so far and the random generators, each given back on resume."""
+"""What every checkpoint carries beyond Lightning's state: the trained artifact's description (with what its data
+splits held), the metrics logged so far and the random generators, each given back on resume; and eval.py's check
+of the split it tests against the checkpoint's."""
 
 from __future__ import annotations
 
+import logging
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,24 +15,65 @@ from lightning import Callback, LightningModule, Trainer
 
 from visiontrain import artifact
 from visiontrain.artifact import ArtifactInfo
+from visiontrain.data import manifest
 
 if TYPE_CHECKING:
     from visiontrain.tasks.base import VisionTask
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactInCheckpoint(Callback):
     """Store what it takes to use the model again in every checkpoint (``visiontrain.artifact``): the run's
     ``model`` and ``data`` configs, the resolved model config, the data's test-time preprocessing, the task,
-    the class names and (detection) category ids."""
+    the class names and (detection) category ids; and what the splits held.
+
+    The split manifest (``visiontrain.data.manifest``) is built once the data is set up for training, written into
+    the run folder (``splits.json``, beside config.yaml) and summarised in every checkpoint. On the first process
+    only: the others write no checkpoint.
+    """
 
     def __init__(self, configs: dict[str, Any]) -> None:
         self.configs = configs
+        self.splits: dict[str, Any] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning sets the datamodule up before its callbacks: its splits are there now
+        if stage != "fit" or self.splits is not None or not trainer.is_global_zero or trainer.datamodule is None:
+            return
+        self.splits = manifest.record(trainer.datamodule, trainer.default_root_dir) or {}
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: VisionTask, checkpoint: dict[str, Any]) -> None:
         ids = tuple(pl_module.category_ids) if pl_module.category_ids is not None else None
         preprocessing = trainer.datamodule.spec.preprocessing
-        info = ArtifactInfo(pl_module.task, tuple(pl_module.class_names), preprocessing, ids, self.configs)
+        info = ArtifactInfo(
+            pl_module.task, tuple(pl_module.class_names), preprocessing, ids, self.configs, self.splits or {}
+        )
         artifact.write(checkpoint, info)
+
+
+class SplitAgainstCheckpoint(Callback):
+    """eval.py: say in one line whether the test split it evaluates is the one the checkpoint was tested on (its
+    validation split, if the training run had no test split), and if not, how many of its images were in each of
+    the checkpoint's splits (``manifest.compare``)."""
+
+    def __init__(self, ckpt_path: str | Path) -> None:
+        self.ckpt_path = ckpt_path
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "test" or not trainer.is_global_zero or trainer.datamodule is None:
+            return
+        info = artifact.load_checkpoint(self.ckpt_path, f"ckpt_path={self.ckpt_path}").info
+        stored = info.splits if info is not None else {}
+        contents = trainer.datamodule.split_contents()
+        if not stored or "test" not in contents:
+            log.info("%s records no split manifest: the test split is not compared with the training run's",
+                     self.ckpt_path)  # fmt: skip
+            return
+        evaluated = manifest.build({"test": contents["test"]}, trainer.datamodule.name,
+                                   trainer.datamodule.hash_cache_dir())  # fmt: skip
+        differs, sentence = manifest.compare("test", manifest.summary(evaluated)["test"], stored)
+        (log.warning if differs else log.info)(sentence[0].upper() + sentence[1:])
 
 
 class RandomStateInCheckpoint(Callback):

@@ -38,11 +38,14 @@ class OptunaPruning(Callback):
     def _find_trial(self):
         import optuna
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
         from hydra.utils import instantiate
 
         if not HydraConfig.initialized():
             return None
         hydra = HydraConfig.get()
+        if hydra.mode != RunMode.MULTIRUN:  # a single run (e.g. a sweep's best.yaml again) is no trial of a study
+            return None
         target = str(hydra.sweeper.get("_target_", ""))
         if not target.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper"):
             return None

@@ -14,7 +14,7 @@ import difflib
 import inspect
 import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ def split_command_line(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Raise a UserError (one sentence) for the first mistyped key, group option or Trainer argument in ``args``
-    (the command-line arguments after the script, as Hydra will read them)."""
+    (the command-line arguments after the script, as Hydra will read them), or for SLURM resources that disagree
+    with the Trainer's."""
     overrides, flags = split_command_line(args)
     if not overrides or NOT_A_RUN & flags.keys():
         return
@@ -86,6 +87,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         check_group_name(override, config_dirs)
     if ours:
         check_keys(config_name, config_dirs, choices, keys)
+    check_slurm_resources(config_name, config_dirs, parsed)
 
 
 def is_base(path: str) -> bool:
@@ -242,6 +244,54 @@ def unknown_key(
     if override.is_delete():
         return f"{key} is not a config key, so there is nothing to delete"
     return f"{key} is not a config key (+{override.input_line} adds it as a new one)"
+
+
+def check_slurm_resources(config_name: str, config_dirs: list[Path], parsed: list[Override]) -> None:
+    """``hydra/launcher=slurm``: srun starts one training process per task, and Lightning's SLURM environment takes
+    the job's nodes and tasks per node for the Trainer's ``num_nodes`` and ``devices`` (refusing the job on the
+    cluster, once it has waited in the queue, when they differ); on GPUs each of those processes needs a GPU of its
+    own. conf/hydra/launcher/slurm.yaml follows the Trainer; a launcher value typed against it is refused here."""
+    if not any(o.key_or_group == "hydra/launcher" or o.key_or_group.startswith("hydra.launcher.") for o in parsed):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = ",".join(f"'file://{d}'" for d in config_dirs[1:])
+    search_path = [f"hydra.searchpath=[{extra}]"] if extra else []
+    # a sweep's values are composed one job at a time by Hydra; the resources are the same for every job
+    overrides = [*search_path, *(o.input_line for o in parsed if not o.is_sweep_override())]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except Exception:  # whatever stops composition, Hydra reports when it runs
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    if not str(launcher.get("_target_", "")).endswith(".SlurmLauncher") or trainer_arguments(cfg) is None:
+        return
+    num_nodes = cfg.trainer.get("num_nodes", 1)
+    devices = cfg.trainer.get("devices")
+    count = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else devices
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise UserError(
+            f"trainer.devices={devices}: on SLURM give the number of devices per node, which "
+            "hydra.launcher.tasks_per_node follows (srun starts one training process per task)."
+        )
+    # the launcher's values, read only now: its schema types them, and trainer.devices=auto would fail there
+    launcher_values = {key: launcher.get(key) for key in ("nodes", "tasks_per_node", "gpus_per_node")}
+    per_task = "srun starts one training process per task, Lightning one per device"
+    agree = [("nodes", "trainer.num_nodes", num_nodes, "SLURM's nodes are Lightning's")]
+    agree.append(("tasks_per_node", "trainer.devices", count, per_task))
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda"):
+        agree.append(("gpus_per_node", "trainer.devices", count, "each training process needs a GPU of its own"))
+    for key, option, value, why in agree:
+        if launcher_values[key] != value:
+            raise UserError(
+                f"hydra.launcher.{key}={launcher_values[key]} disagrees with {option}={value} ({why}): "
+                f"set {option}, which the launcher follows."
+            )
 
 
 def trainer_arguments(cfg: DictConfig) -> set[str] | None:

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain import artifact
+from visiontrain.callbacks.checkpoint_state import SplitAgainstCheckpoint
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
@@ -66,9 +67,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = config.instantiate_data(cfg)
     config.save_config(cfg)
     model = instantiate(cfg.model)
+    # eval.py's tta= (conf/eval.yaml) replaces model.tta, the test-time augmentation the training run tested with
+    if cfg.get("tta") is not None:
+        model.set_tta(cfg.tta)
+    if model.hparams.get("tta", "none") != model.tta:
+        log.info("testing with tta=%s (the training run tested with model.tta=%s)", model.tta, model.hparams.tta)
     model.check_data(datamodule.spec)
     loggers = config.instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[console.ProgressBar()])
+    # one line on whether the test split is the one the checkpoint was tested on (its split manifest)
+    callbacks = [console.ProgressBar(), SplitAgainstCheckpoint(cfg.ckpt_path)]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     records.log_config_hyperparameters(cfg, trainer.loggers)
 
     try:

@@ -16,8 +16,9 @@ import hydra
 from omegaconf import DictConfig
 from rich.progress import track
 
+from visiontrain import artifact
 from visiontrain.cli import checks
-from visiontrain.data import preprocessing
+from visiontrain.data import manifest, preprocessing
 from visiontrain.errors import UserError
 from visiontrain.runs import config, reporting
 from visiontrain.serving.images import list_inputs, read_image
@@ -30,9 +31,14 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     """Load the model (checkpoint or exported file), then per batch of image files: read, preprocess as the
     model was tested, run, and hand each output to the task's writer. An unreadable file is skipped with a
     warning; the rest go on."""
-    model = load_model(cfg.get("ckpt_path"), cfg.get("model_path"), device=cfg.predict.device)
+    tta = cfg.get("tta", "none")  # test-time augmentation (visiontrain.tasks.tta), checkpoints only
+    model = load_model(cfg.get("ckpt_path"), cfg.get("model_path"), device=cfg.predict.device, tta=tta)
     serving = model.serving
     files = list_inputs(str(cfg.input))
+    if cfg.get("ckpt_path"):  # say which inputs the model has seen: the checkpoint's split manifest
+        overlap = manifest.input_overlap(files, artifact.load_checkpoint(cfg.ckpt_path, training_run=False).info.splits)
+        if overlap:
+            log.info(overlap[0].upper() + overlap[1:])
     # the run folder itself by default (with output=<dir>, Hydra's run folder is that folder too: conf/predict.yaml)
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir)
     output.mkdir(parents=True, exist_ok=True)

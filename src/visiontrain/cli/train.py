@@ -20,7 +20,7 @@ from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models import weights
-from visiontrain.runs import config, console, ddp, records, reporting, resume, run_lock
+from visiontrain.runs import browse, config, console, ddp, records, reporting, resume, run_lock, trackers
 
 log = logging.getLogger("visiontrain")
 
@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_lock.acquire(cfg.paths.output_dir)
     try:
         run_lock.remove_leftovers(cfg.paths.output_dir)
+        ddp.share_run_dir(cfg.paths.output_dir)  # torchrun's other processes wait for the folder held here
         return _train(cfg)
     finally:
         run_lock.release(cfg.paths.output_dir)
@@ -46,6 +47,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     config.prepare_run(cfg)
 
     datamodule = config.instantiate_data(cfg)
+    if cfg.get("browse"):  # debug=browse: draw the data and its label statistics, then stop without training
+        return browse.browse(cfg, datamodule)
     config.save_config(cfg)
     model = instantiate(cfg.model)
     if cfg.get("init_from") and ckpt_path:
@@ -61,11 +64,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     configs = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     configs["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     record = MetricsInCheckpoint()
-    callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record]
+    callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record, trackers.TrackerRunsInCheckpoint()]
     callbacks.append(console.RunHeader(config.choice(cfg, "data"), config.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
-    loggers = config.instantiate_group(cfg.get("logger"))
+    loggers = trackers.instantiate_loggers(cfg, ckpt_path)  # a run resumed in place continues its tracker runs
     ddp.reset_between_jobs()
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

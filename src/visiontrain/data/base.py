@@ -1,6 +1,7 @@
 """What every datamodule shares: its ``spec`` (what the data is, for everything outside data/), loaders for its
-three splits, the download attempt that ends in one sentence when the files cannot be had, and the RGB image
-readers that name a file they cannot decode."""
+three splits (the training split drawn as ``data.sampler`` says), what each split holds (for the split manifest),
+the download attempt that ends in one sentence when the files cannot be had, and the RGB image readers that name a
+file they cannot decode."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import numpy as np
 import torch
 from lightning import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 
+from visiontrain.data import samplers
+from visiontrain.data.manifest import SplitContent
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 
@@ -132,6 +135,9 @@ class SplitDataModule(LightningDataModule):
     train_set: Dataset | None = None
     val_set: Dataset | None = None
     test_set: Dataset | None = None
+    # data.sampler (visiontrain.data.samplers): None shuffles; set with ``samplers.checked_sampler`` by each family
+    sampler: str | None = None
+    repeat_threshold: float = samplers.DEFAULT_REPEAT_THRESHOLD
 
     @property
     def spec(self) -> DataSpec:
@@ -164,11 +170,54 @@ class SplitDataModule(LightningDataModule):
         self.num_classes = len(names)
         return tuple(names)
 
+    def class_counts(self) -> list[int] | None:
+        """How much of each class the training split holds, in class order, once set up: images per class for
+        classification, labelled pixels per class for segmentation. Tasks weigh their loss by it
+        (``model.class_weights=balanced``). None: this data does not count its classes."""
+        return None
+
+    # --- what each split holds, and how the training split is drawn -----------------------------------
+    def split_contents(self) -> dict[str, SplitContent]:
+        """What each split of the set-up data holds, for the split manifest (visiontrain.data.manifest): its files,
+        or its in-memory images. Each family of datamodules says it; {} (the default): nothing to record."""
+        return {}
+
+    def hash_cache_dir(self) -> Path | None:
+        """Where the manifest's file hashes are remembered; None: the user cache folder."""
+        return None
+
+    def train_labels(self) -> list[int]:
+        """Classification: the class of each training image, in the training set's order (``data.sampler=balanced``)."""
+        raise NotImplementedError
+
+    def train_image_classes(self) -> list[set[int]]:
+        """Detection: the object classes (labels ``1..K``) in each training image (``data.sampler=repeat_factor``)."""
+        raise NotImplementedError
+
+    def epoch_sampler(self) -> samplers.EpochSeeded | None:
+        """The training split's draw for one epoch as ``data.sampler`` says; None: a plain shuffle."""
+        if self.sampler == "balanced":
+            return samplers.BalancedSampler(self.train_labels(), self.read_class_names(), samplers.run_seed())
+        if self.sampler == "repeat_factor":
+            names = self.read_class_names()
+            return samplers.RepeatFactorSampler(
+                self.train_image_classes(), self.repeat_threshold, names, samplers.run_seed()
+            )
+        return None
+
+    def sharded(self, sampler: samplers.EpochSeeded, **grouping: Any) -> Sampler[int]:
+        """``sampler``'s epoch, this process's share of it under DDP (``samplers.ShardedSampler``)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return samplers.ShardedSampler(sampler, num_replicas=world, rank=rank, **grouping)
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        drawn = self.epoch_sampler() if train else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and drawn is None,
+            sampler=self.sharded(drawn) if drawn is not None else None,
             drop_last=train and len(dataset) > batch_size,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,

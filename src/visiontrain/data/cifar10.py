@@ -135,6 +135,9 @@ class CIFAR10DataModule(InMemoryClassificationDataModule):
         split_dir = self.png_dir / ("train" if train else "test")
         return split_dir, png_files(split_dir)[0]
 
+    def source_files(self, train: bool) -> list[Path]:
+        return [self.archive_dir / name for name in (TRAIN_BATCHES if train else TEST_BATCHES)]
+
     def _read_png_split(self, split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         files, labels = png_files(split_dir)
         with ThreadPoolExecutor(max_workers=8) as pool:

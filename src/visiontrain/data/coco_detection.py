@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, read_rgb
+from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, read_rgb, target_of
 from visiontrain.data.splits import checked_folds
 from visiontrain.errors import UserError
 
@@ -158,6 +158,9 @@ class CocoSource(DetectionSource):
             )
         self.annotations = [per_image[n] for n in range(len(images))]
 
+    def label_files(self, indices: Sequence[int]) -> list[Path]:
+        return [self.annotation_file]
+
     def load(self, index: int, with_masks: bool) -> tuple[torch.Tensor, Target]:
         path = self.image_paths[index]
         image = read_rgb(path)
@@ -168,13 +171,7 @@ class CocoSource(DetectionSource):
                 f"{width}x{height} (width x height)."
             )
         anns = self.annotations[index]
-        target: Target = {
-            "boxes": torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64),
-            "iscrowd": torch.tensor([a["iscrowd"] for a in anns], dtype=torch.int64),
-            "area": torch.tensor([a["area"] for a in anns], dtype=torch.float32),
-            "image_id": torch.tensor(self.image_ids[index]),
-        }
+        target = target_of(anns, self.image_ids[index])
         if with_masks:
             masks = []
             for a in anns:

@@ -26,6 +26,8 @@ from torchvision.io import ImageReadMode, decode_image
 from visiontrain.data import preprocessing
 from visiontrain.data.base import SplitDataModule
 from visiontrain.data.detection_transforms import detection_eval_transform, detection_train_transform
+from visiontrain.data.manifest import SplitContent
+from visiontrain.data.samplers import DEFAULT_REPEAT_THRESHOLD, checked_sampler, grouped_batches
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 
@@ -44,9 +46,11 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 
 
 class DetectionSource:
-    """The images and annotations of one split. Subclasses fill ``image_sizes`` and implement ``load``."""
+    """The images and annotations of one split. Subclasses fill ``image_paths`` and ``image_sizes`` and implement
+    ``load``."""
 
     name: str = ""
+    image_paths: list[Path]  # the image file of each image (for the split manifest)
     # (width, height) per image, known without decoding: for aspect-ratio grouping
     image_sizes: list[tuple[int, int]]
 
@@ -56,6 +60,31 @@ class DetectionSource:
     def load(self, index: int, with_masks: bool) -> tuple[torch.Tensor, Target]:
         """uint8 image ``(3, H, W)`` and its target (see the module docstring), crowd regions included."""
         raise NotImplementedError
+
+    def image_classes(self, index: int) -> set[int]:
+        """The labels of the objects training sees in image ``index`` (crowd regions left out), for
+        ``data.sampler=repeat_factor``. A source holding its annotations parsed (``annotations``: per image, dicts
+        with ``label`` and ``iscrowd``) answers without reading the image; any other loads it."""
+        annotations = getattr(self, "annotations", None)
+        if annotations is not None:
+            return {a["label"] for a in annotations[index] if not a.get("iscrowd")}
+        target = self.load(index, with_masks=False)[1]
+        return set(target["labels"][target["iscrowd"] == 0].tolist())
+
+    def label_files(self, indices: Sequence[int]) -> list[Path]:
+        """The files holding the annotations of images ``indices``, for the split manifest; [] when none is known."""
+        return []
+
+
+def target_of(annotations: Sequence[dict[str, Any]], image_id: int) -> Target:
+    """A sample's target from a source's parsed annotations (each with ``box``, ``label``, ``iscrowd``, ``area``)."""
+    return {
+        "boxes": torch.tensor([a["box"] for a in annotations], dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor([a["label"] for a in annotations], dtype=torch.int64),
+        "iscrowd": torch.tensor([a["iscrowd"] for a in annotations], dtype=torch.int64),
+        "area": torch.tensor([a["area"] for a in annotations], dtype=torch.float32),
+        "image_id": torch.tensor(image_id),
+    }
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
@@ -106,15 +135,9 @@ class AspectRatioBatchSampler(BatchSampler):
         self.group_ids = list(group_ids)
 
     def __iter__(self) -> Iterator[list[int]]:
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index in self.sampler:
-            bucket = buckets[self.group_ids[index]]
-            bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield list(bucket)
-                bucket.clear()
-        if not self.drop_last:
-            yield from (bucket for bucket in buckets.values() if bucket)
+        for batch in grouped_batches(iter(self.sampler), self.group_ids, self.batch_size):
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
 
     def __len__(self) -> int:
         counts: dict[int, int] = defaultdict(int)
@@ -149,8 +172,12 @@ class DetectionDataModule(SplitDataModule):
         scale_jitter: Sequence[float] | None = (0.75, 1.25),
         photometric: bool = True,
         aspect_ratio_grouping: bool = True,
+        sampler: str | None = None,
+        repeat_threshold: float = DEFAULT_REPEAT_THRESHOLD,
     ) -> None:
         super().__init__()
+        self.sampler = checked_sampler(sampler, self.task)
+        self.repeat_threshold = repeat_threshold
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -210,6 +237,17 @@ class DetectionDataModule(SplitDataModule):
             setattr(self, f"{split}_set", dataset)
         log.info("%s: %s images", self.name, " / ".join(f"{len(s[1])} {split}" for split, s in splits.items()))
 
+    def split_contents(self) -> dict[str, SplitContent]:
+        contents = {}
+        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            if dataset is not None:
+                files = [dataset.source.image_paths[i] for i in dataset.indices]
+                contents[split] = SplitContent(files=files, label_files=dataset.source.label_files(dataset.indices))
+        return contents
+
+    def train_image_classes(self) -> list[set[int]]:
+        return [self.train_set.source.image_classes(i) for i in self.train_set.indices]
+
     def _loader(self, dataset: DetectionDataset | None, batch_size: int, train: bool) -> DataLoader:
         common: dict[str, Any] = dict(
             collate_fn=collate_detection,
@@ -217,8 +255,15 @@ class DetectionDataModule(SplitDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
-        if train and self.aspect_ratio_grouping:
-            groups = [int(ratio >= 1.0) for ratio in dataset.aspect_ratios()]
+        drawn = self.epoch_sampler() if train else None
+        grouped = train and self.aspect_ratio_grouping
+        groups = [int(ratio >= 1.0) for ratio in dataset.aspect_ratios()] if grouped else None
+        if drawn is not None:
+            # the drawn epoch is batched by orientation through its order, not by a batch sampler: Lightning would
+            # replace a batch sampler's sampler with its own shuffle under DDP (samplers.ShardedSampler)
+            grouping = {"group_ids": groups, "batch_size": batch_size} if groups is not None else {}
+            return DataLoader(dataset, batch_size=batch_size, sampler=self.sharded(drawn, **grouping), **common)
+        if groups is not None:
             sampler = AspectRatioBatchSampler(RandomSampler(dataset), groups, batch_size)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, **common)

@@ -14,16 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from visiontrain.data.augmentation import image_classification_transforms
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
+from visiontrain.data.manifest import SplitContent
+from visiontrain.data.samplers import checked_sampler
 from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """The class of every sample, from the datasets' ``(path, label)`` lists (no image decoded): ImageFolder and
+    LabelledImages, also inside Subset and ConcatDataset."""
+    if isinstance(dataset, Subset):
+        labels = dataset_labels(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [label for part in dataset.datasets for label in dataset_labels(part)]
+    return [label for _, label in dataset.samples]
+
+
+def labelled_files(dataset: Dataset) -> list[tuple[Path, int]]:
+    """``(file, class)`` of each sample, from the same lists as ``dataset_labels``."""
+    if isinstance(dataset, Subset):
+        inner = labelled_files(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [sample for part in dataset.datasets for sample in labelled_files(part)]
+    return [(Path(path), int(label)) for path, label in dataset.samples]
 
 
 class RGBClassificationDataModule(SplitDataModule):
@@ -53,8 +76,10 @@ class RGBClassificationDataModule(SplitDataModule):
         augment: str = "none",
         augment_options: Mapping[str, Mapping[str, Any]] | None = None,
         random_erasing: float = 0.0,
+        sampler: str | None = None,
     ) -> None:
         super().__init__()
+        self.sampler = checked_sampler(sampler, self.task)
         if num_channels != 3:
             raise UserError(f"data.num_channels={num_channels}: these images are read as RGB, set it to 3.")
         self.num_classes = num_classes
@@ -76,6 +101,24 @@ class RGBClassificationDataModule(SplitDataModule):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
+
+    def class_counts(self) -> list[int] | None:
+        if self.train_set is None:
+            return None
+        labels = torch.as_tensor(dataset_labels(self.train_set), dtype=torch.long)
+        return torch.bincount(labels, minlength=len(self.class_names)).tolist()
+
+    def split_contents(self) -> dict[str, SplitContent]:
+        contents = {}
+        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            if dataset is not None:
+                samples = labelled_files(dataset)
+                labels = [self.class_names[label] for _, label in samples]
+                contents[split] = SplitContent(files=[path for path, _ in samples], labels=labels)
+        return contents
+
+    def train_labels(self) -> list[int]:
+        return dataset_labels(self.train_set)
 
     def held_out(self, labels: Sequence[int], pool: str) -> tuple[list[int], list[int]]:
         """``(train, val)`` indices into a training pool of images of classes ``labels`` (``pool`` names it): fold

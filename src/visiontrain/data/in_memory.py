@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 from visiontrain.data import preprocessing
 from visiontrain.data.base import SplitDataModule
 from visiontrain.data.batch_transforms import BatchAugment
+from visiontrain.data.manifest import SplitContent
+from visiontrain.data.samplers import checked_sampler
 from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
@@ -141,6 +143,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: str | None = None,
+        sampler: str | None = None,
     ) -> None:
         super().__init__()
         # these keys exist in the data config so model configs can interpolate them; they must be true
@@ -161,6 +164,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.download = download
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.sampler = checked_sampler(sampler, self.task)
         # decoded splits of file-per-image sources are kept here (see DecodedCache); None: decode every start
         self.cache = DecodedCache(cache_dir) if cache_dir else None
         self.augment = BatchAugment(self.mean, self.std, crop_padding, hflip, augment, augment_options, random_erasing)
@@ -168,6 +172,8 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
         self.cache_used: dict[str, bool] = {}  # split -> whether the last setup read it from the cache
+        self.official_indices: dict[str, list[int]] = {}  # split -> its images' places in the official split
+        self.listed: dict[str, tuple[Path, list[Path]] | None] = {}  # official split -> what split_files gave
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -192,12 +198,18 @@ class InMemoryClassificationDataModule(SplitDataModule):
         their decoded arrays are then cached in ``cache_dir``. None (the default): read without a cache."""
         return None
 
+    def source_files(self, train: bool) -> list[Path]:
+        """The array files ``read_split`` reads when ``split_files`` is None (their fingerprint in the manifest)."""
+        return []
+
     # --- reading with the cache ----------------------------------------------------------------
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``read_split``, through the decoded-image cache when there is one and the source is files."""
         split = "train" if train else "test"
         start = time.perf_counter()
         listed = self.split_files(train) if self.cache is not None else None
+        if self.cache is not None:  # kept for the split manifest: tens of thousands of paths are worth listing once
+            self.listed[split] = listed
         if listed is None:
             return self.read_split(train)
         folder, files = listed
@@ -239,6 +251,11 @@ class InMemoryClassificationDataModule(SplitDataModule):
         self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
         self.val_set = TensorImageDataset(images[val_idx], labels[val_idx]) if len(val_idx) else None
         self.test_set = TensorImageDataset(*self.load_split(train=False))
+        self.official_indices = {
+            "train": torch.as_tensor(train_idx).tolist(),
+            "val": torch.as_tensor(val_idx).tolist(),
+            "test": list(range(len(self.test_set))),
+        }
         log.info(
             "%s: %d train / %d val (seed %d) / %d test images%s",
             self.name,
@@ -253,6 +270,41 @@ class InMemoryClassificationDataModule(SplitDataModule):
                 counts = torch.bincount(dataset.labels, minlength=self.num_classes).tolist()
                 # in the run's log file, not on the console: ten numbers per split are for looking up
                 log.info("%s %s images per class: %s", self.name, split, counts, extra={"console": False})
+
+    def class_counts(self) -> list[int] | None:
+        if self.train_set is None:
+            return None
+        return torch.bincount(self.train_set.labels, minlength=self.num_classes).tolist()
+
+    def split_contents(self) -> dict[str, SplitContent]:
+        """A file-per-image source (a PNG export): each split's files; array files: the decoded images, named by
+        their place in the official split (``train#12``), and the array files they come from."""
+        contents = {}
+        listings = {
+            official: self.listed[official] if official in self.listed else self.split_files(official == "train")
+            for official in ("train", "test")
+        }
+        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            if dataset is None:
+                continue
+            official = "test" if split == "test" else "train"
+            indices = self.official_indices[split]
+            labels = [self.class_names[k] for k in dataset.labels.tolist()]
+            listed = listings[official]
+            if listed is not None:
+                files = listed[1]
+                contents[split] = SplitContent(files=[files[i] for i in indices], labels=labels)
+            else:
+                names = [f"{official}#{i}" for i in indices]
+                sources = self.source_files(train=official == "train")
+                contents[split] = SplitContent(images=dataset.images, names=names, sources=sources, labels=labels)
+        return contents
+
+    def hash_cache_dir(self) -> Path | None:
+        return self.cache.directory if self.cache is not None else None  # beside the decoded splits
+
+    def train_labels(self) -> list[int]:
+        return self.train_set.labels.tolist()
 
     def test_split_note(self, size: int) -> str:
         """Said after the test count when the test split is not the official one (e.g. a subset)."""

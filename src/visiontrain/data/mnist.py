@@ -86,6 +86,10 @@ class MNISTDataModule(InMemoryClassificationDataModule):
                 "at a folder holding MNIST/raw/."
             )
 
+    def source_files(self, train: bool) -> list[Path]:
+        prefix = "train" if train else "t10k"
+        return [self._find(f"{prefix}-images-idx3-ubyte"), self._find(f"{prefix}-labels-idx1-ubyte")]
+
     def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = "train" if train else "t10k"
         image_name, label_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"

@@ -11,6 +11,7 @@ images are split train/val/test by a fixed seeded permutation (``split_seed``, `
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,6 +62,12 @@ class PennFudanSource(DetectionSource):
                     self.image_sizes.append(image.size)
             except Exception as err:
                 raise UserError(f"cannot read image {path} ({type(err).__name__}: {err}).") from err
+
+    def image_classes(self, index: int) -> set[int]:
+        return {1}  # every image shows pedestrians, the one class: no need to read its mask
+
+    def label_files(self, indices: Sequence[int]) -> list[Path]:
+        return [self.mask_paths[i] for i in indices]
 
     def load(self, index: int, with_masks: bool) -> tuple[torch.Tensor, Target]:
         image = read_rgb(self.image_paths[index])

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from torchvision.transforms import v2
 
 from visiontrain.data import preprocessing
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb, undecodable
+from visiontrain.data.manifest import SplitContent
+from visiontrain.data.samplers import checked_sampler
 from visiontrain.data.splits import checked_folds, fold_split
 from visiontrain.errors import UserError
 
@@ -157,14 +160,15 @@ def _fingerprint(image: Path, mask: Path) -> list:
     return [str(image), image_stat.st_size, image_stat.st_mtime_ns, mask_stat.st_size, mask_stat.st_mtime_ns]
 
 
-def check_cache_file(rules: str, pairs: Sequence[Pair]) -> Path:
-    """Where the pairs already checked under ``rules`` are remembered: one small JSON file per set of mask folders
-    and rules, in ``$XDG_CACHE_HOME/visiontrain`` (``~/.cache``), as data folders are often read-only."""
+def check_cache_file(rules: str, pairs: Sequence[Pair], kind: str = "checked_masks") -> Path:
+    """Where what is known of the masks under ``rules`` is remembered (``kind``: checked_masks, the pairs that passed
+    the checks; class_pixels, each mask's pixels per class): one small JSON file per set of mask folders and rules,
+    in ``$XDG_CACHE_HOME/visiontrain`` (``~/.cache``), as data folders are often read-only."""
     import hashlib
 
     folders = sorted({str(Path(mask).parent.resolve()) for _, mask in pairs})
     key = hashlib.sha1(json.dumps([rules, folders]).encode()).hexdigest()[:20]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "visiontrain" / "checked_masks"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "visiontrain" / kind
     return cache / f"{key}.json"
 
 
@@ -203,6 +207,43 @@ def check_pairs(pairs: Sequence[Pair], to_classes: MaskMapping, num_classes: int
             os.replace(temporary, cache)
 
 
+def class_pixel_counts(
+    pairs: Sequence[Pair], to_classes: MaskMapping, num_classes: int, ignore_index: int, name: str
+) -> list[int]:
+    """Pixels per class over the masks of ``pairs`` as stored (full size, before resizing and cropping; ignore-index
+    pixels left out). Reading every mask of a large split takes a while, so each mask's counts are remembered by file
+    size and modification time (as ``check_pairs`` remembers its checks): a second start reads only new or changed
+    masks. The values were checked at set-up: every one is a class or the ignore index."""
+    rules = json.dumps([sorted(to_classes.mapping.items()), to_classes.others, num_classes, ignore_index])
+    cache = check_cache_file(rules, pairs, kind="class_pixels")
+    try:
+        remembered = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        remembered = {}
+    start = time.perf_counter()
+    total = np.zeros(num_classes, dtype=np.int64)
+    counted, read = {}, 0
+    for image_path, mask_path in pairs:
+        fingerprint = _fingerprint(image_path, mask_path)
+        entry = remembered.get(str(mask_path))
+        if not entry or entry[0] != fingerprint:
+            classes = to_classes(read_index_mask(mask_path))
+            pixels = np.bincount(classes[classes != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+            entry = [fingerprint, pixels.tolist()]
+            read += 1
+        counted[str(mask_path)] = entry
+        total += np.asarray(entry[1], dtype=np.int64)
+    if read:
+        log.info("%s: pixels per class counted in %d masks in %.1f s (%d remembered from before)", name, read,
+                 time.perf_counter() - start, len(pairs) - read)  # fmt: skip
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({**remembered, **counted}))
+            os.replace(temporary, cache)
+    return total.tolist()
+
+
 class SegmentationDataModule(SplitDataModule):
     """Train/val/test pairs of images and index masks, resized to ``image_size`` squares."""
 
@@ -229,8 +270,10 @@ class SegmentationDataModule(SplitDataModule):
         color_jitter: float = 0.2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        sampler: str | None = None,
     ) -> None:
         super().__init__()
+        self.sampler = checked_sampler(sampler, self.task)  # none is offered for segmentation: null only
         num_classes = len(class_names) if num_classes is None else num_classes
         if len(class_names) != num_classes:
             raise UserError(
@@ -303,6 +346,14 @@ class SegmentationDataModule(SplitDataModule):
             train, val = self.fold_pairs(pool, pool_name)
         return {"train": train, "val": val, "test": test}
 
+    def split_contents(self) -> dict[str, SplitContent]:
+        contents = {}
+        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+            if dataset is not None:
+                images, masks = zip(*dataset.pairs) if dataset.pairs else ((), ())
+                contents[split] = SplitContent(files=list(images), label_files=list(masks))
+        return contents
+
     # stored mask values -> class indices; subclasses replace it where the files store something else
     mask_mapping = MaskMapping()
 
@@ -329,6 +380,14 @@ class SegmentationDataModule(SplitDataModule):
         self.test_set = dataset("test", self.eval_transform)
         log.info(
             "%s: %d train / %d val / %d test images", self.name, *(len(splits[s]) for s in ("train", "val", "test"))
+        )
+
+    def class_counts(self) -> list[int] | None:
+        """Pixels per class over the training masks (``class_pixel_counts``)."""
+        if self.train_set is None:
+            return None
+        return class_pixel_counts(
+            self.train_set.pairs, self.mask_mapping, self.num_classes, self.ignore_index, self.name
         )
 
 

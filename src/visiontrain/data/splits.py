@@ -89,3 +89,15 @@ def fold_split(
         seed,
     )
     return train.tolist(), val.tolist()
+
+
+def folded_train_val(
+    train: list[int], val: list[int], folds: int | None, fold: int, seed: int, pool_name: str
+) -> tuple[list[int], list[int]]:
+    """Data whose files name a train and a val split: with ``folds``, the two together are the pool that fold
+    ``fold`` splits (plain k-fold); without, they stay as named. Indices are into the same source as ``train``."""
+    if folds is None:
+        return train, val
+    pool = train + val
+    train_idx, val_idx = fold_split(len(pool), folds, fold, seed, pool_name)
+    return [pool[i] for i in train_idx], [pool[i] for i in val_idx]

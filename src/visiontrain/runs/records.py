@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from visiontrain.runs import trackers
 from visiontrain.runs.config import choice
 
 log = logging.getLogger("visiontrain")
@@ -81,6 +82,12 @@ def record_results(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float],
 
 
 def log_config_hyperparameters(cfg: DictConfig, loggers: list[Logger]) -> None:
-    """Save the experiment-defining config with each logger (``hparams.yaml`` for TensorBoard/CSV)."""
+    """Save the experiment-defining config with each logger: the handful of ``hyperparameters`` (``hparams.yaml``
+    for TensorBoard/CSV); the experiment trackers (MLflow, W&B) take the whole resolved config besides, where
+    runs are compared by any config value."""
+    chosen = hyperparameters(cfg)
     for logger in loggers:
-        logger.log_hyperparams(hyperparameters(cfg))
+        if trackers.is_tracker(logger):
+            logger.log_hyperparams(trackers.config_params(cfg, chosen))
+        else:
+            logger.log_hyperparams(chosen)

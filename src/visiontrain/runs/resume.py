@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -82,8 +83,9 @@ BOTH_GIVEN = (
 )
 
 
-def resumable_checkpoint(run_dir: Path, option: str, required: bool = True) -> Path | None:
-    """The checkpoint a run continues from: the newest complete one in ``<run dir>/checkpoints``, whatever its name.
+def resumable_checkpoint(run_dir: Path, option: str, required: bool = True, also: Iterable[Path] = ()) -> Path | None:
+    """The checkpoint a run continues from: the newest complete one in ``<run dir>/checkpoints`` (and ``also``),
+    whatever its name.
 
     Normally ``last.ckpt``; after a kill between two checkpoint writes (``epoch_003.ckpt`` in place, ``last.ckpt``
     still the one of epoch 2) the newer epoch file; a file that does not load (cut short, not a checkpoint) is
@@ -93,7 +95,7 @@ def resumable_checkpoint(run_dir: Path, option: str, required: bool = True) -> P
     folder = run_dir / "checkpoints"
     found: list[tuple[tuple[int, int, bool], Path]] = []
     refused: list[str] = []
-    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+    for path in [*(sorted(folder.glob("*.ckpt")) if folder.is_dir() else []), *also]:
         try:
             checkpoint = load_checkpoint(path, option)
         except UserError as err:
@@ -130,11 +132,12 @@ def requeued_slurm_job() -> bool:
 
 def checkpoint_of_requeued_job(output_dir: Path) -> str | None:
     """A requeued job runs again in its own folder (submitit re-runs the same job config) and continues by
-    itself: from Lightning's ``hpc_ckpt_<n>.ckpt`` when the requeue signal saved one (returning None lets
-    Lightning pick the newest), else from ``last.ckpt``; with neither it starts afresh."""
-    if list(output_dir.glob("hpc_ckpt_*.ckpt")):
-        return None
-    checkpoint = resumable_checkpoint(output_dir, "requeued job", required=False)
+    itself from the newest complete checkpoint by training step: Lightning's ``hpc_ckpt_<n>.ckpt``, saved (mid-epoch)
+    when SLURM sent the requeue signal before the time limit (conf/hydra/launcher/slurm.yaml), or ``last.ckpt``
+    when that is newer (an attempt after the one that saved the hpc checkpoint ended without the signal); with
+    neither it starts afresh."""
+    saved_at_signal = sorted(output_dir.glob("hpc_ckpt_*.ckpt"))
+    checkpoint = resumable_checkpoint(output_dir, "requeued job", required=False, also=saved_at_signal)
     return str(checkpoint) if checkpoint else None
 
 

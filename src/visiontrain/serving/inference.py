@@ -23,8 +23,9 @@ def loaded(info: artifact.ArtifactInfo, run: Callable[[Any], Any], source: Path,
     return LoadedModel(info.task, list(info.class_names), info.preprocessing, run, str(source), module, ids)
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild the network from the model config the checkpoint carries and load its weights."""
+def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") -> LoadedModel:
+    """Rebuild the network from the model config the checkpoint carries and load its weights; ``tta``: the task's
+    test-time augmentation to run it with (visiontrain.tasks.tta)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
@@ -35,9 +36,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> LoadedModel:
     serving = serving_for(info.task)
     # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
     task_module = instantiate(without_pretrained(info.configs["model_resolved"]))
+    task_module.set_tta(tta)  # a mode the task lacks ends here, before any image is read
     task_module.load_state_dict(checkpoint.content["state_dict"])
     module = serving.exported_form(task_module.net).eval().to(device)
-    return loaded(info, serving.checkpoint_runner(module, device), path, module)
+    return loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
 
 
 def load_onnx(path: str | Path) -> LoadedModel:
@@ -71,12 +73,20 @@ def load_torchscript(path: str | Path) -> LoadedModel:
     return loaded(info, serving_for(info.task).exported_runner(call, None), path)
 
 
-def load_model(ckpt_path: str | None = None, model_path: str | None = None, device: str = "cpu") -> LoadedModel:
-    """From a checkpoint (``ckpt_path``) or an exported file (``model_path``: .onnx, or TorchScript .pt)."""
+def load_model(
+    ckpt_path: str | None = None, model_path: str | None = None, device: str = "cpu", tta: str = "none"
+) -> LoadedModel:
+    """From a checkpoint (``ckpt_path``) or an exported file (``model_path``: .onnx, or TorchScript .pt); test-time
+    augmentation ``tta`` with checkpoints only: an exported file holds the plain network and runs as it is."""
     if bool(ckpt_path) == bool(model_path):
         raise UserError("give exactly one of ckpt_path=<.ckpt> or model_path=<.onnx | TorchScript .pt>.")
     if ckpt_path:
-        return load_checkpoint(ckpt_path, device)
+        return load_checkpoint(ckpt_path, device, tta)
+    if tta != "none":
+        raise UserError(
+            f"tta={tta} runs with checkpoints only (exported files hold the network without test-time augmentation); "
+            "give ckpt_path=<.ckpt>, or leave out tta."
+        )
     if not Path(model_path).is_file():
         raise UserError(f"model file {model_path} does not exist.")
     return load_onnx(model_path) if str(model_path).endswith(".onnx") else load_torchscript(model_path)

@@ -1,10 +1,12 @@
 """What every task shares: the network, optimizer and scheduler from the config, compile, class names from
-the data (and from a checkpoint being loaded), and the checks of a network against its data before training."""
+the data (and from a checkpoint being loaded), the checks of a network against its data before training, the
+test-time augmentation of evaluation (visiontrain.tasks.tta), and the class weights of a loss."""
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,9 +17,58 @@ from visiontrain import artifact
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
 from visiontrain.models.backbone import backbone_and_head
+from visiontrain.tasks import tta as test_time
+
+log = logging.getLogger("visiontrain")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+# model.class_weights=balanced: inverse class frequencies of the training split, computed when fitting starts
+BALANCED = "balanced"
+
+
+def plain_class_weights(option: Any, num_classes: int) -> str | list[float] | None:
+    """``model.class_weights`` checked, as plain values (hyperparameters must be, for ``weights_only`` loading):
+    None, ``balanced``, or one finite, non-negative weight per class, not all 0."""
+    if option is None or option == BALANCED:
+        return option
+    if isinstance(option, str) or not isinstance(option, Sequence):
+        raise UserError(
+            f"model.class_weights={option!r}: give null, balanced, or a list of {num_classes} weights (one per class)."
+        )
+    if len(option) != num_classes:
+        raise UserError(
+            f"model.class_weights has {len(option)} entries for {num_classes} classes; give one weight per class, "
+            "or balanced."
+        )
+    try:
+        weights = [float(w) for w in option]
+    except (TypeError, ValueError):
+        weights = []
+    if len(weights) != num_classes or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise UserError(f"model.class_weights={list(option)}: weights must be numbers >= 0, not all 0.")
+    return weights
+
+
+def class_weight_tensor(option: str | list[float] | None, num_classes: int) -> torch.Tensor | None:
+    """The loss's ``weight`` for a checked ``model.class_weights``; for ``balanced``, ones until ``VisionTask.setup``
+    fills in the training split's (a checkpoint loaded later brings the values it was trained with)."""
+    if option is None:
+        return None
+    return torch.ones(num_classes) if option == BALANCED else torch.tensor(option, dtype=torch.float32)
+
+
+def balanced_class_weights(counts: torch.Tensor, class_names: Sequence[str], data_name: str) -> torch.Tensor:
+    """Inverse class frequencies, scaled so that their mean is 1; a class absent from training is one sentence."""
+    if (counts <= 0).any():
+        absent = class_names[int(torch.nonzero(counts <= 0)[0])]
+        raise UserError(
+            f"model.class_weights=balanced: class {absent!r} does not occur in the training split of {data_name}, so "
+            "its inverse frequency is infinite; give model.class_weights as a list."
+        )
+    inverse = 1.0 / counts.double()
+    return (inverse / inverse.mean()).float()
 
 
 class VisionTask(LightningModule):
@@ -32,6 +83,8 @@ class VisionTask(LightningModule):
     # the backbone's learning rate relative to the head's; set by visiontrain.callbacks.finetune.StagedFinetuning
     # before the optimizer is built. None: one learning rate, no backbone/head parameter groups.
     backbone_lr_scale: float | None = None
+    # the test-time augmentation of validation and test (visiontrain.tasks.tta); set_tta changes it
+    tta: str = "none"
 
     def __init__(
         self,
@@ -98,12 +151,52 @@ class VisionTask(LightningModule):
                 f"{spec.num_classes}; leave model.num_classes at ${{data.num_classes}}."
             )
 
+    def set_tta(self, mode: str, option: str = "tta") -> None:
+        """Evaluate with test-time augmentation ``mode``; one sentence naming ``option`` if the task lacks it."""
+        self.tta = test_time.checked(self.task, mode, option)
+
+    def class_weights(self) -> torch.Tensor | None:
+        """The class-weight buffer of the task's loss (``model.class_weights``); None: the loss weighs classes alike."""
+        return None
+
     def setup(self, stage: str) -> None:
-        spec = self.trainer.datamodule.spec if self.trainer.datamodule is not None else None
+        datamodule = self.trainer.datamodule
+        spec = datamodule.spec if datamodule is not None else None
         if spec is not None and spec.num_classes == len(self.class_names):
             self.class_names = list(spec.class_names)
+        if stage == "fit" and self.class_weights() is not None:
+            self.fit_class_weights(datamodule)
         if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
             self.net.compile()  # in place: parameter names, and so checkpoints, are unchanged
+
+    def fit_class_weights(self, datamodule: Any) -> None:
+        """For ``model.class_weights=balanced``, the training split's inverse class frequencies into the loss's
+        buffer; either way one log line of each class's training frequency (when the data counts them) and weight.
+        The counts come from the datamodule's ``class_counts()`` (images per class; pixels per class for
+        segmentation), the one thing tasks ask a datamodule beyond its ``spec``."""
+        weight = self.class_weights()
+        option = self.hparams.get("class_weights")
+        counts = getattr(datamodule, "class_counts", lambda: None)() if datamodule is not None else None
+        name = datamodule.spec.name if datamodule is not None else "the data"
+        if option == BALANCED:
+            if counts is None:
+                raise UserError(
+                    f"model.class_weights=balanced needs the class counts of the training split, which {name} does "
+                    "not give (its datamodule has no class_counts()); give model.class_weights as a list."
+                )
+            counts = torch.as_tensor(counts, dtype=torch.float64)
+            weight.copy_(balanced_class_weights(counts, self.class_names, name))
+        if not self.trainer.is_global_zero:
+            return
+        weights = [f"{float(w):.3f}" for w in weight]
+        columns = "weight"
+        if counts is not None:  # data that does not count its classes: the weights alone
+            frequencies = torch.as_tensor(counts, dtype=torch.float64)
+            weights = [f"{float(f):.4f}, {w}" for f, w in zip(frequencies / frequencies.sum(), weights)]
+            columns = "training frequency, weight"
+        described = "balanced: inverse training frequency, mean 1" if option == BALANCED else "as given"
+        entries = "; ".join(f"{cls}: {w}" for cls, w in zip(self.class_names, weights))
+        log.info("class weights (model.class_weights %s) - class: %s - %s", described, columns, entries)
 
     def on_train_start(self) -> None:
         scheduler = self.lr_schedulers()

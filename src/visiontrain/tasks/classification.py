@@ -4,6 +4,7 @@ serving (``predictions.csv`` with the top-k classes of each image)."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from torchvision.transforms import v2
 
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
-from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
+from visiontrain.tasks.base import (
+    OptimizerFactory,
+    SchedulerFactory,
+    VisionTask,
+    class_weight_tensor,
+    plain_class_weights,
+)
 from visiontrain.tasks.figures import (
     confusion_matrix_figure,
     per_class_figure,
@@ -24,6 +31,7 @@ from visiontrain.tasks.figures import (
     publish_figure,
 )
 from visiontrain.tasks.serving import LoadedModel, TaskServing
+from visiontrain.tasks.tta import augmented
 
 
 def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollection:
@@ -50,13 +58,11 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
-# test-time augmentation of validation and test (not of forward(), which predict.py and exports call):
-# none, or flip = the mean of the logits of each image and its mirror image
-TTA_MODES = ("none", "flip")
-
-
 class ClassificationModule(VisionTask):
-    """Cross-entropy training of ``net``; accuracy (top-1/top-5), per-class accuracy and confusion matrix at test.
+    """Cross-entropy training of ``net`` (``class_weights``: null, a weight per class, or ``balanced``: the
+    training split's inverse class frequencies); accuracy (top-1/top-5), per-class accuracy and confusion matrix
+    at test. ``tta``: the test-time augmentation of validation and test (visiontrain.tasks.tta: none | flip), not
+    of ``forward()``, which exports call.
 
     Only plain values are saved as hyperparameters (the network and the optimizer partials are
     excluded), so checkpoints load with ``torch.load(weights_only=True)``.
@@ -79,20 +85,24 @@ class ClassificationModule(VisionTask):
         test_images_logged: int = 32,
         tta: str = "none",
         bias_lr_scale: float = 1.0,
+        class_weights: Sequence[float] | str | None = None,
         **architecture: Any,
     ) -> None:
         super().__init__(
             net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, channels_last, **architecture
         )
-        if tta not in TTA_MODES:
-            raise UserError(f"model.tta={tta!r}: choose one of {', '.join(TTA_MODES)}.")
+        self.set_tta(tta, "model.tta")
+        class_weights = plain_class_weights(class_weights, num_classes)  # before save_hyperparameters reads it
         if bias_lr_scale <= 0:
             raise UserError(
                 f"model.bias_lr_scale={bias_lr_scale}: give a positive factor (1 = the same learning rate)."
             )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        # takes class indices and, under MixUp/CutMix, soft targets (then smoothed on top of the mixing)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # takes class indices and, under MixUp/CutMix, soft targets (then smoothed on top of the mixing); its class
+        # weights are a buffer of the loss, so they move with the module's device and are saved in checkpoints
+        self.criterion = nn.CrossEntropyLoss(
+            weight=class_weight_tensor(class_weights, num_classes), label_smoothing=label_smoothing
+        )
         self.batch_mixing = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
 
         # a NaN training loss should show as NaN, not be checked for on every step
@@ -151,10 +161,11 @@ class ClassificationModule(VisionTask):
         return self.net(self.to_memory_format(images))
 
     def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for validation and test, with the test-time augmentation of ``model.tta``."""
-        if self.hparams.get("tta", "none") == "flip":
-            return (self(images) + self(images.flip(-1))) / 2
-        return self(images)
+        """Logits for validation and test under the test-time augmentation ``tta`` (model.tta; eval.py's tta=)."""
+        return augmented(self.task, self.tta, self, images)
+
+    def class_weights(self) -> torch.Tensor | None:
+        return self.criterion.weight
 
     def parameter_groups(self):
         """With ``bias_lr_scale`` != 1, the 1-D parameters (norm shifts and scales, biases) learn at that multiple

@@ -11,6 +11,9 @@ recall; with masks also ``segm_map``, ... for the instance masks. ``val/map_best
 
 torchvision detectors compute losses only in training mode, so there is no validation loss.
 
+``tta=flip`` (``model.tta``; eval.py's and predict.py's ``tta``): the detector on each image and its mirror image,
+the mirror's boxes flipped back, the union merged by NMS per class (visiontrain.tasks.tta).
+
 Serving (``DetectionServing``): the network runs and is exported as ``Detections``, one image of any size per
 call; ``predict.py`` writes ``predictions.json`` (COCO results with the dataset's own category ids) and each
 image with its boxes drawn; an export is checked by pairing its detections with PyTorch's.
@@ -54,6 +57,7 @@ from visiontrain.tasks.serving import (
     finish_onnx,
     quiet_exporter_logs,
 )
+from visiontrain.tasks.tta import augmented
 
 log = logging.getLogger("visiontrain")
 
@@ -141,8 +145,10 @@ class DetectionModule(VisionTask):
         val_images_logged: int = 8,
         image_log_every_n_epochs: int = 1,
         image_score_threshold: float = 0.5,
+        tta: str = "none",
     ) -> None:
         super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias)
+        self.set_tta(tta, "model.tta")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.class_names = [str(i) for i in range(1, num_classes + 1)]  # labels 1..K; 0 is background
         # the dataset's own id of each label (COCO's are sparse); saved in checkpoints for predict/export
@@ -201,7 +207,7 @@ class DetectionModule(VisionTask):
         return loss
 
     def _predict(self, images: list[torch.Tensor], targets: list[Target], metric: MeanAveragePrecision) -> list[Target]:
-        preds = self.net(images)
+        preds = augmented(self.task, self.tta, self.net, images)
         with_masks = self.hparams.masks
         metric.update(metric_predictions(preds, with_masks), metric_targets(targets, with_masks))
         return preds
@@ -335,7 +341,7 @@ class DetectionServing(TaskServing):
     def collate(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return images
 
-    def checkpoint_runner(self, module: nn.Module, device: str) -> Callable[[Any], Any]:
+    def checkpoint_runner(self, module: nn.Module, device: str, tta: str = "none") -> Callable[[Any], Any]:
         @torch.no_grad()
         def run(images: list[torch.Tensor]) -> list[Target]:
             # batched only with images of the same size: a batch pads its images to a common size, which
@@ -343,7 +349,8 @@ class DetectionServing(TaskServing):
             outputs: list[Any] = [None] * len(images)
             for shape in {tuple(image.shape) for image in images}:
                 same = [k for k, image in enumerate(images) if tuple(image.shape) == shape]
-                for k, output in zip(same, module.net([images[k].to(device, non_blocking=True) for k in same])):
+                batch = [images[k].to(device, non_blocking=True) for k in same]
+                for k, output in zip(same, augmented(self.task, tta, module.net, batch)):
                     outputs[k] = {key: value.cpu() for key, value in output.items()}
             return outputs
 

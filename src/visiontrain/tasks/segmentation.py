@@ -24,9 +24,16 @@ from torchvision.utils import draw_segmentation_masks, make_grid
 from visiontrain.data import preprocessing
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
-from visiontrain.tasks.base import OptimizerFactory, SchedulerFactory, VisionTask
+from visiontrain.tasks.base import (
+    OptimizerFactory,
+    SchedulerFactory,
+    VisionTask,
+    class_weight_tensor,
+    plain_class_weights,
+)
 from visiontrain.tasks.figures import confusion_matrix_figure, per_class_figure, publish_figure
 from visiontrain.tasks.serving import LoadedModel, TaskServing
+from visiontrain.tasks.tta import augmented
 
 
 def segmentation_metrics(num_classes: int, ignore_index: int) -> MetricCollection:
@@ -58,9 +65,11 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 class SegmentationModule(VisionTask):
     """Trains ``net`` (logits ``(N, C, H, W)``, or torchvision's ``{"out", "aux"}`` dict) on index masks.
 
-    Loss: ``ce_weight`` x cross-entropy (optional ``class_weights``) + ``dice_weight`` x Dice loss
-    (segmentation_models_pytorch), both ignoring ``ignore_index``; an auxiliary head adds
-    ``aux_weight`` x the same loss. Only plain values are saved as hyperparameters.
+    Loss: ``ce_weight`` x cross-entropy + ``dice_weight`` x Dice loss (segmentation_models_pytorch), both
+    ignoring ``ignore_index``; an auxiliary head adds ``aux_weight`` x the same loss. ``class_weights`` weigh the
+    cross-entropy's classes: null, a weight per class, or ``balanced`` (the inverse pixel frequencies of the training
+    masks). ``tta``: the test-time augmentation of validation and test (visiontrain.tasks.tta: none | flip |
+    flip_scale). Only plain values are saved as hyperparameters.
     """
 
     task = "segmentation"
@@ -74,24 +83,26 @@ class SegmentationModule(VisionTask):
         ignore_index: int = 255,
         ce_weight: float = 1.0,
         dice_weight: float = 0.0,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
         aux_weight: float = 0.5,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
         channels_last: bool = False,
         overlay_every_n_epochs: int = 1,
         overlay_images: int = 8,
+        tta: str = "none",
         **architecture: Any,
     ) -> None:
         super().__init__(
             net, optimizer, scheduler, num_classes, decay_norm_and_bias, compile, channels_last, **architecture
         )
+        self.set_tta(tta, "model.tta")
+        class_weights = plain_class_weights(class_weights, num_classes)  # before save_hyperparameters reads it
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         if ce_weight <= 0 and dice_weight <= 0:
             raise UserError("model.ce_weight and model.dice_weight are both 0: there is no loss to train with.")
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise UserError(f"model.class_weights has {len(class_weights)} entries for {num_classes} classes.")
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        # the class weights are a buffer of the loss: they move with the module's device and are saved in checkpoints
+        weight = class_weight_tensor(class_weights, num_classes)
         self.cross_entropy = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
         self.dice = None
         if dice_weight > 0:
@@ -131,6 +142,14 @@ class SegmentationModule(VisionTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(self.net(self.to_memory_format(images)))
 
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for validation and test under the test-time augmentation ``tta`` (with flips or scales: the log of
+        the mean probabilities, which the losses and the argmax take as logits)."""
+        return augmented(self.task, self.tta, self, images)
+
+    def class_weights(self) -> torch.Tensor | None:
+        return self.cross_entropy.weight
+
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = self.hparams.ce_weight * self.cross_entropy(logits, masks) if self.hparams.ce_weight > 0 else 0.0
         if self.dice is not None:
@@ -157,7 +176,7 @@ class SegmentationModule(VisionTask):
 
     def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
         images, masks = batch
-        logits = self(images)
+        logits = self.evaluation_logits(images)
         loss_metric.update(self.loss(logits, masks), weight=len(masks))
         preds = logits.argmax(dim=1)
         metrics.update(preds, masks)

@@ -5,6 +5,9 @@ in, how an exported file is checked against PyTorch, and how predictions are wri
 for the task's ``TaskServing``. Its defaults fit networks that take a batch ``(N, C, H, W)`` and return one
 tensor per image (classification logits, segmentation logit maps); each task module defines its subclass with
 what differs (detection: one image of any size per call, lists of boxes, COCO ids).
+
+A checkpoint runs with the task's test-time augmentation when asked (``tta=`` of predict.py; the same
+``visiontrain.tasks.tta`` that the task's test uses); an exported file holds the plain network and runs as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from visiontrain import artifact
 from visiontrain.data import preprocessing
 from visiontrain.errors import UserError
+from visiontrain.tasks.tta import augmented
 
 log = logging.getLogger("visiontrain")
 # what an exported file is called with: a batch (or one image), returning its outputs in order
@@ -97,10 +101,12 @@ class TaskServing:
         """Preprocessed images -> what ``LoadedModel.run`` takes."""
         return torch.stack(images)
 
-    def checkpoint_runner(self, module: nn.Module, device: str) -> Callable[[Any], Any]:
+    def checkpoint_runner(self, module: nn.Module, device: str, tta: str = "none") -> Callable[[Any], Any]:
+        """``run`` of a checkpoint's network (``module``, its exported form) with test-time augmentation ``tta``."""
+
         @torch.no_grad()
         def run(images: torch.Tensor) -> torch.Tensor:
-            return module(images.to(device, non_blocking=True)).float().cpu()
+            return augmented(self.task, tta, module, images.to(device, non_blocking=True)).float().cpu()
 
         return run
 

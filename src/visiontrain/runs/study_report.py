@@ -1,0 +1,250 @@
+"""What an Optuna sweep leaves in its folder for reading: plots of the search and the best trial as a config.
+
+- ``<sweep dir>/optuna/``: ``history.png`` (the metric per trial and the best so far), ``importances.png``
+  (fANOVA parameter importances), ``parallel_coordinate.png``, ``slice.png`` (the metric against each parameter);
+  a plot that cannot say anything yet (too few completed trials, no parameter that varies) is skipped with a
+  log line.
+- ``<sweep dir>/best.yaml``: the best trial's command line as a primary config (``defaults: [train, override
+  <group>: <option>, ...]`` then the values), so that
+  ``python train.py --config-dir <sweep dir> --config-name best`` trains that trial again, and more overrides can
+  follow. It is a primary config rather than ``experiment=best``: an experiment cannot override the groups
+  after it in train.yaml's defaults (``hparams_search``, ``debug``), nor another experiment, which
+  ``hparams_search=cifar10_optuna`` selects.
+
+The Optuna sweeper calls :func:`write_study_report` when a sweep (or a resumed one) ends. It needs only the
+study: each trial holds the overrides its job was launched with (user attribute ``overrides``) and the study the
+metric's name, so a study loaded from its storage can be reported again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger("visiontrain")
+
+# trial user attribute: the overrides of the trial's job, as the sweeper launched it
+OVERRIDES = "overrides"
+# study user attribute: the sweep's config folders beyond visiontrain's (--config-dir), as search path URLs
+SEARCH_PATH = "searchpath"
+PLOTS_FOLDER = "optuna"
+BEST_CONFIG = "best.yaml"
+# launch mechanics rather than the trial's configuration: resume=<sweep dir> continues the sweep's folders
+NOT_REPRODUCED = {"resume"}
+# a rerun of the best trial is one training run, not part of the study: its pruning callback (from the
+# hparams_search configs) has no trial to report to
+NO_PRUNING = "++callbacks.optuna_pruning=null"
+
+
+@dataclass
+class StudyReport:
+    plots: list[Path] = field(default_factory=list)
+    best_config: Path | None = None
+    # the best trial's overrides, and the arguments that run best.yaml, after ``python train.py``
+    overrides: list[str] = field(default_factory=list)
+    config_command: list[str] = field(default_factory=list)
+
+
+def trial_overrides(params: dict[str, Any]) -> list[str]:
+    """``key=value`` overrides of a trial's sampled parameters, as Hydra reads them back."""
+    parser = OverridesParser.create()
+    overrides = []
+    for key, value in params.items():
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        try:  # a string Hydra would read differently is quoted
+            if isinstance(value, str) and parser.parse_override(f"{key}={text}").value() != value:
+                text = repr(value)
+        except Exception:
+            text = repr(value)
+        overrides.append(f"{key}={text}")
+    return overrides
+
+
+def write_study_report(
+    study: optuna.Study,
+    sweep_dir: str | Path,
+    fixed_overrides: Sequence[str] = (),
+    is_group: Callable[[str], bool] | None = None,
+    config_name: str = "train",
+) -> StudyReport:
+    """Draw the study's plots into ``<sweep dir>/optuna/`` and write the best trial to ``<sweep dir>/best.yaml``.
+
+    ``fixed_overrides``: the sweep's non-swept overrides, for trials that do not hold their own (studies from
+    before the sweeper recorded them). ``is_group``: tells a config group (``model/optimizer``) from a key, as
+    the sweep's Hydra config loader sees them; by default visiontrain's configs and the study's search path.
+    ``config_name``: the sweep's primary config, which best.yaml starts from.
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    metric = (study.metric_names or ["value"])[0]
+    report = StudyReport(plots=write_plots(study, sweep_dir / PLOTS_FOLDER, metric))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        log.info("no completed trial in study %r: no %s", study.study_name, BEST_CONFIG)
+        return report
+    best = study.best_trial
+    overrides = runnable_overrides(best.user_attrs.get(OVERRIDES) or [*fixed_overrides, *trial_overrides(best.params)])
+    # configs of the sweep's own folders are found again through the search path (in best.yaml: hydra.searchpath)
+    search_path = list(study.user_attrs.get(SEARCH_PATH) or [])
+    if search_path:
+        overrides.insert(0, "hydra.searchpath=[" + ",".join(f"'{url}'" for url in search_path) + "]")
+    report.overrides = [*overrides, NO_PRUNING]
+    report.best_config = sweep_dir / BEST_CONFIG
+    config, left = primary_config(report.overrides, is_group or project_groups(search_path), config_name)
+    report.config_command = ["--config-dir", str(sweep_dir), "--config-name", report.best_config.stem, *left]
+    header = [
+        f"Best trial of the Optuna study {study.study_name}: #{best.number}, {metric} = {best.value} "
+        f"({study.direction.name.lower()}; {len(complete)} of {len(study.trials)} trials completed).",
+        command_line(report.config_command),
+        "trains it again (further overrides may follow); the same run as overrides:",
+        command_line(report.overrides),
+    ]
+    report.best_config.write_text("".join(f"# {line}\n" for line in header) + OmegaConf.to_yaml(config))
+    return report
+
+
+def command_line(args: Sequence[str]) -> str:
+    return " ".join(["python train.py", *(shlex.quote(a) for a in args)])
+
+
+def runnable_overrides(overrides: Sequence[str]) -> list[str]:
+    """A trial's overrides without those of Hydra itself (``hydra.*``, ``hydra/...``: sweeper, launcher, folders)
+    and of the launch (``resume``): what a single run needs to train the same configuration."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [
+        override.input_line or str(override)
+        for override in parsed
+        if not override.is_hydra_override() and override.key_or_group not in NOT_REPRODUCED
+    ]
+
+
+def primary_config(
+    overrides: Sequence[str], is_group: Callable[[str], bool], config_name: str = "train"
+) -> tuple[Any, list[str]]:
+    """A primary config equivalent to ``<config_name> + overrides`` on the command line, read the way Hydra reads
+    a command line: a config group's choice goes into the defaults list (``override <group>: <option>``,
+    ``+<group>=<option>`` as ``<group>: <option>``, ``~<group>`` as ``override <group>: null``), a value into the
+    config (after ``_self_``, so it wins over every config below, as on the command line). Also returned: the
+    overrides a config cannot hold (``~key`` deletes a value), to be given on the command line after it."""
+    added: list[Any] = []
+    # Hydra wants a defaults list's overrides at its end, and the first of two for a group wins there (the last
+    # on a command line): one per group, the last given
+    chosen: dict[str, Any] = {}
+    values = OmegaConf.create({})
+    left = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        value = override.value()
+        if is_group(key) and not isinstance(value, dict):  # as Hydra tells them apart (defaults_list.Overrides)
+            group = f"{key}@{override.package}" if override.package else key
+            if override.is_delete():
+                chosen[group] = None
+            elif override.is_add():
+                added.append({group: value})
+            else:
+                chosen[group] = value
+        elif override.is_delete():
+            left.append(override.input_line)
+        else:
+            OmegaConf.update(values, key, value, merge=True, force_add=True)
+    overridden = [{f"override {group}": option} for group, option in chosen.items()]
+    return OmegaConf.merge({"defaults": [config_name, *added, *overridden, "_self_"]}, values), left
+
+
+def project_groups(search_path: Sequence[str] = ()) -> Callable[[str], bool]:
+    """Whether a name is a config group of visiontrain's configs, or of those in ``search_path`` (URLs such as
+    ``file:///home/me/my_configs``, as ``--config-dir`` adds them)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    from visiontrain.runs.config import CONFIG_DIR
+
+    searched = create_config_search_path(CONFIG_DIR)
+    for url in search_path:  # where Hydra puts --config-dir: before the structured configs, which stay last
+        searched.prepend("command-line", url, SearchPathQuery(provider="schema"))
+    loader = ConfigLoaderImpl(config_search_path=searched)
+    return lambda name: bool(loader.get_group_options(name))
+
+
+def write_plots(study: optuna.Study, folder: Path, metric: str = "value") -> list[Path]:
+    """The study's plots that can be drawn, as PNGs in ``folder``; each one that cannot is skipped with a reason."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a sweep may end on a headless node
+    import matplotlib.pyplot as plt
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    # choice(8, 16, 32) is drawn as categories, which matplotlib announces on every axis
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
+
+    plots = {
+        "history": lambda: optuna_plots.plot_optimization_history(study, target_name=metric),
+        # fANOVA with a fixed seed: the same figure under Optuna 4 and 5 (whose default evaluators differ), and
+        # quick (a small random forest: ~0.2 s for 20 trials)
+        "importances": lambda: optuna_plots.plot_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=0), target_name=metric
+        ),
+        "parallel_coordinate": lambda: optuna_plots.plot_parallel_coordinate(study, target_name=metric),
+        "slice": lambda: optuna_plots.plot_slice(study, target_name=metric),
+    }
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        log.info("Optuna plots not drawn: no completed trial")
+        return []
+    written = []
+    for name, draw in plots.items():
+        reason = not_drawable(name, complete)
+        if reason:
+            log.info("Optuna plot %s not drawn: %s", name, reason)
+            continue
+        open_before = set(plt.get_fignums())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # a parameter that kept one value gets a flat axis, which the plot shows well enough
+                warnings.filterwarnings("ignore", message="Attempting to set identical")
+                axes = draw()
+            figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        except Exception as err:  # a plot is an extra: the sweep's results stand without it
+            log.warning("Optuna plot %s not drawn: %s", name, err)
+            for number in set(plt.get_fignums()) - open_before:
+                plt.close(number)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    if written:
+        log.info("Optuna plots written to %s: %s", folder, ", ".join(p.name for p in written))
+    return written
+
+
+def not_drawable(plot: str, complete: Sequence[FrozenTrial]) -> str | None:
+    """Why ``plot`` would say nothing (or fail) for these completed trials; None if it can be drawn."""
+    if not complete:
+        return "no completed trial"
+    if plot == "history":
+        return None
+    names = {name for trial in complete for name in trial.params}
+    if not names:
+        return "the trials have no parameters"
+    if len(complete) < 2:  # one point per parameter says nothing about it
+        return "1 completed trial, the plot needs 2"
+    if plot == "importances":
+        if not any(len({repr(trial.params.get(name)) for trial in complete}) > 1 for name in names):
+            return "no parameter varies between the completed trials"
+        if len({trial.value for trial in complete}) == 1:  # fANOVA finds no variance to attribute
+            return f"every completed trial scored {complete[0].value}"
+    return None
