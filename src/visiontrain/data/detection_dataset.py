@@ -29,6 +29,7 @@ from visiontrain.data.detection_transforms import detection_eval_transform, dete
 from visiontrain.data.manifest import SplitContent
 from visiontrain.data.samplers import DEFAULT_REPEAT_THRESHOLD, checked_sampler, grouped_batches
 from visiontrain.data.spec import DataSpec
+from visiontrain.data.splits import folded_train_val
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ def target_of(annotations: Sequence[dict[str, Any]], image_id: int) -> Target:
         "area": torch.tensor([a["area"] for a in annotations], dtype=torch.float32),
         "image_id": torch.tensor(image_id),
     }
+
+
+def pooled_splits(
+    source: DetectionSource, indices: dict[str, list[int]], folds: int | None, fold: int, seed: int, pool_name: str
+) -> dict[str, tuple[DetectionSource, list[int]]]:
+    """Train, val and (if listed) test of one ``source``; with ``folds``, train and val together are the pool that
+    fold ``fold`` splits, and test stays as it is."""
+    train, val = folded_train_val(indices["train"], indices["val"], folds, fold, seed, pool_name)
+    splits = {"train": (source, train), "val": (source, val)}
+    if "test" in indices:
+        splits["test"] = (source, indices["test"])
+    return splits
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

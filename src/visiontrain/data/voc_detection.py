@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from visiontrain.data.base import read_rgb
-from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, target_of
-from visiontrain.data.splits import checked_folds, folded_train_val
+from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, pooled_splits, target_of
+from visiontrain.data.splits import checked_folds
 from visiontrain.data.yolo_detection import image_size
 from visiontrain.errors import UserError
 
@@ -261,11 +261,5 @@ class VocDetectionDataModule(DetectionDataModule):
             annotations += split_annotations
         classes_from = "data.class_names" if self.given_names else "the object names of the training annotations"
         source = VocSource(self.root, annotations, ids, self.read_class_names(), classes_from)
-        train, val = positions["train"], positions["val"]
-        # with folds, the pool is train and val together; test stays as it is
         pool_name = f"{self.root / 'ImageSets' / 'Main'}/train.txt and val.txt"
-        train, val = folded_train_val(train, val, self.folds, self.fold, self.split_seed, pool_name)
-        out: dict[str, tuple[DetectionSource, list[int]]] = {"train": (source, train), "val": (source, val)}
-        if "test" in positions:
-            out["test"] = (source, positions["test"])
-        return out
+        return pooled_splits(source, positions, self.folds, self.fold, self.split_seed, pool_name)

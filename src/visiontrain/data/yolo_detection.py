@@ -34,8 +34,8 @@ from PIL import Image
 
 from visiontrain.data.base import SUFFIX_FORMATS, read_rgb, undecodable
 from visiontrain.data.coco_detection import decode_segmentation
-from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target
-from visiontrain.data.splits import checked_folds, folded_train_val
+from visiontrain.data.detection_dataset import DetectionDataModule, DetectionSource, Target, pooled_splits
+from visiontrain.data.splits import checked_folds
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -284,12 +284,5 @@ class YoloDetectionDataModule(DetectionDataModule):
                 "but the model needs instance masks: give every object as a polygon line, or set data.masks=false "
                 "with a box-only model."
             )
-        indices = source.split_indices
-        train, val = indices["train"], indices["val"]
-        # with folds, the pool is train and val together; test stays as it is
         pool_name = f"{self.root / 'images'}/train and /val"
-        train, val = folded_train_val(train, val, self.folds, self.fold, self.split_seed, pool_name)
-        out: dict[str, tuple[DetectionSource, list[int]]] = {"train": (source, train), "val": (source, val)}
-        if "test" in indices:
-            out["test"] = (source, indices["test"])
-        return out
+        return pooled_splits(source, source.split_indices, self.folds, self.fold, self.split_seed, pool_name)
