@@ -91,8 +91,12 @@ def test_failed_trials_are_recorded_and_pruned_trials_stop_early(tmp_path, datas
             assert last["epoch"] == 0  # stopped after one of two epochs
     statuses = {row["job"]: row["status"] for row in summary_rows(sweep)}
     assert statuses == {str(t.number): "failed" if t.state == TrialState.FAIL else "done" for t in trials}
-    # no trial completed: nothing to plot, no best trial; the sweep still ends well
-    assert not (sweep / "best.yaml").exists() and not (sweep / "optuna").exists()
+    # no trial completed: nothing to plot, no best trial, but the table of trials; the sweep still ends well
+    assert not (sweep / "best.yaml").exists() and not list((sweep / "optuna").glob("*.png"))
+    with (sweep / "optuna" / "trials.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(row["trial"], row["state"]) for row in table] == [(str(t.number), t.state.name.lower()) for t in trials]
+    assert [row["job_dir"] for row in table] == [str(sweep.resolve() / str(t.number)) for t in trials]
     assert "Optuna plots not drawn: no completed trial" in result.stdout + result.stderr
 
 
@@ -239,7 +243,8 @@ def test_study_report_draws_what_the_trials_allow(tmp_path):
     ]
 
     report = write_study_report(study_with([None]), tmp_path / "none", is_group=lambda name: False)
-    assert report.plots == [] and report.best_config is None and not (tmp_path / "none").exists()
+    assert report.plots == [] and report.best_config is None
+    assert [p.name for p in (tmp_path / "none").rglob("*")] == ["optuna", "trials.csv"]  # the table only
     # what is not drawn, and why (logged)
     one = study_with([0.5, None]).get_trials(states=(TrialState.COMPLETE,))
     assert not_drawable("history", one) is None

@@ -18,9 +18,18 @@ class OptunaSweeperConf:
     # maximize | minimize (max | min, as monitor_mode says, are accepted)
     direction: str = "maximize"
     study_name: str = "sweep"
-    # null: sqlite:///<sweep dir>/optuna.db, so the study lives (and resumes) with the sweep's folders
+    # null: sqlite:///<sweep dir>/optuna.db, so the study lives (and resumes) with the sweep's folders;
+    # a database URL (postgresql://user@host/db, mysql+pymysql://..., sqlite:///file.db) or journal:<file> is shared
+    # by every worker started with the same study_name: each asks the study for its next trial
     storage: str | None = None
-    # the study ends with this many trials (complete, pruned or failed)
+    # database storages: each worker records a heartbeat for its running trials this often (seconds; null: off).
+    # A trial silent for grace_period (null: twice the interval) is failed and queued again with the same
+    # parameters, at most max_retry times (null: always), by the next worker that asks for a trial
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = None
+    max_retry: int | None = 2
+    # the study ends with this many trials (complete, pruned or failed; a failed trial queued again counts once),
+    # whichever workers ran them
     n_trials: int = 20
     # trials asked and launched together; they run in parallel under a parallel launcher (joblib, submitit)
     n_jobs: int = 1

@@ -3,12 +3,19 @@
 - Search space in Hydra's sweep syntax, from ``hydra.sweeper.params`` and sweep overrides on the command line:
   ``choice(a, b)`` / ``a,b`` -> categorical, ``range(lo, hi[, step])`` -> integers (or stepped floats),
   ``interval(lo, hi)`` -> floats (``tag(int, ...)`` for integers), ``tag(log, ...)`` -> log scale.
-- The study is stored in SQLite inside the sweep folder; a trial's job folder is named by its trial number.
+- The study is stored in SQLite inside the sweep folder, or in ``hydra.sweeper.storage`` (a database URL or a
+  journal file, :mod:`visiontrain.runs.study_storage`) shared by many workers running the same command: the study
+  is created or joined by name, every worker asks it for the next trial, and the budget ``n_trials`` is the
+  study's. A trial's job folder is named by its trial number, unique in the study.
+- Workers on a database storage record a heartbeat for the trials they run. Before asking for a trial, a worker
+  fails trials whose heartbeat stopped (their worker was killed) and Optuna queues them again with the same
+  parameters; when the budget is spent, a worker waits for trials still running elsewhere to finish or go
+  stale, so that a killed worker's trial is not left behind.
 - A job that raises is told as a failed trial and the sweep goes on; a job its pruning callback stopped
   (``visiontrain.callbacks.optuna_pruning``) is told as pruned.
-- ``resume=<sweep dir>``: the study is loaded from that folder; trials left running by the interrupted sweep are
-  run again under their number, in their folder (the job continues from its last checkpoint), then new
-  trials until the study holds ``n_trials``.
+- ``resume=<sweep dir>``: the study is loaded from that folder (or the storage given); trials the interrupted
+  sweep left running (those whose job folder is in this sweep folder) are run again under their number, in
+  their folder (the job continues from its last checkpoint), then new trials until the budget is spent.
 - At the end (of a resumed sweep too) the whole study is reported (``visiontrain.runs.study_report``): plots in
   ``<sweep dir>/optuna/``, the best trial as ``<sweep dir>/best.yaml``, and the commands that train it again.
 """
@@ -17,8 +24,12 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +43,20 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from visiontrain.callbacks.optuna_pruning import PRUNED_AT, study_storage
-from visiontrain.runs.study_report import OVERRIDES, SEARCH_PATH, command_line, trial_overrides, write_study_report
+from visiontrain.callbacks.optuna_pruning import PRUNED_AT
+from visiontrain.runs.study_report import (
+    HOST,
+    JOB_DIR,
+    OVERRIDES,
+    SEARCH_PATH,
+    command_line,
+    trial_overrides,
+    write_study_report,
+)
+from visiontrain.runs.study_storage import has_heartbeat, open_storage, printable, storage_spec
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -101,6 +122,9 @@ class OptunaSweeper(Sweeper):
         direction: str,
         study_name: str,
         storage: str | None,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        max_retry: int | None,
         n_trials: int,
         n_jobs: int,
         params: dict[str, str] | None,
@@ -112,6 +136,11 @@ class OptunaSweeper(Sweeper):
         self.direction = DIRECTIONS[str(direction)]
         self.study_name = study_name
         self.storage = storage
+        self.heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "max_retry": max_retry,
+        }
         self.n_trials = n_trials
         self.n_jobs = max(1, n_jobs)
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
@@ -123,7 +152,7 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
-        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
 
     def sweep(self, arguments: list[str]) -> None:
         space, fixed = search_space(self.params, arguments)
@@ -131,7 +160,8 @@ class OptunaSweeper(Sweeper):
             raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
-        storage = study_storage(self.sweep_dir, self.storage)
+        spec = storage_spec(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
+        self.storage_ = storage = open_storage(spec, **self.heartbeat)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -141,7 +171,7 @@ class OptunaSweeper(Sweeper):
             load_if_exists=True,
         )
         if study.get_trials(deepcopy=False):
-            # a resumed study: a seeded sampler would start over and propose the first run's trials again
+            # a resumed or shared study: a seeded sampler would propose the trials it proposed before again
             study.sampler.reseed_rng()
         metric = OmegaConf.select(self.config, "optimized_metric", default=None, throw_on_resolution_failure=False)
         if metric:  # named in the study's plots and reports, also when read from its storage alone
@@ -151,22 +181,42 @@ class OptunaSweeper(Sweeper):
         # config folders given to this sweep (--config-dir, hydra.searchpath=...): best.yaml searches them too
         sources = self.config.hydra.runtime.config_sources
         study.set_user_attr(SEARCH_PATH, [f"{s.schema}://{s.path}" for s in sources if "command-line" in s.provider])
-        log.info("Optuna study %r in %s: %d trials, %d at a time", self.study_name, storage, self.n_trials, self.n_jobs)
+        log.info(
+            "Optuna study %r in %s: %d trials, %d at a time",
+            self.study_name,
+            printable(spec),
+            self.n_trials,
+            self.n_jobs,
+        )
         for name, dist in space.items():
             log.info("\t%s: %s", name, dist)
 
-        # trials a killed sweep left running: run again under their number and folder (each continues from its
-        # last checkpoint when resume=<sweep dir> is given), before any new trial
-        interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        # trials a killed sweep left running in this folder: run again under their number and folder (each
+        # continues from its last checkpoint when resume=<sweep dir> is given), before any new trial
+        interrupted = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if self._ours(t)]
         if interrupted:
             log.info("continuing interrupted trials %s", [t.number for t in interrupted])
         for frozen in interrupted:
             trial = optuna.trial.Trial(study, frozen._trial_id)
             self._run_batch(study, [trial], fixed)
 
-        while (started := len(study.get_trials(deepcopy=False))) < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
-            self._run_batch(study, trials, fixed)
+        waiting_since = None
+        while True:
+            if has_heartbeat(storage):  # trials of killed workers: failed, and queued again by Optuna's callback
+                optuna.storages.fail_stale_trials(study)
+            started = budget_spent(study)
+            if started < self.n_trials:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
+                self._run_batch(study, trials, fixed)
+                waiting_since = None
+                continue
+            elsewhere = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if not elsewhere or not has_heartbeat(storage):
+                break
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info("budget spent; waiting for trials %s running in other workers to end", elsewhere)
+            time.sleep(storage.get_heartbeat_interval())
 
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
@@ -198,6 +248,11 @@ class OptunaSweeper(Sweeper):
             log.info("\t%s", command_line(report.config_command))
             log.info("or\t%s", command_line(report.overrides))
 
+    def _ours(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """A trial this sweep folder ran (studies from before job folders were recorded: any, in their own SQLite)."""
+        job_dir = trial.user_attrs.get(JOB_DIR)
+        return Path(job_dir).parent == self.sweep_dir if job_dir else self.storage is None
+
     def _run_batch(self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str]) -> None:
         # the launcher numbers jobs from initial_job_idx: consecutive trial numbers go together, so that each
         # job's folder (hydra.job.num) is its trial's number
@@ -211,20 +266,33 @@ class OptunaSweeper(Sweeper):
             overrides = [tuple(fixed + trial_overrides(trial.params)) for trial in group]
             self.validate_batch_is_legal(overrides)
             for trial, launched in zip(group, overrides):
-                # kept with the trial, so that its run can be reported (best.yaml) from the study alone
+                # kept with the trial, so that its run can be reported (best.yaml) and found from the study alone
                 trial.set_user_attr(OVERRIDES, list(launched))
-            returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
+                trial.set_user_attr(JOB_DIR, str(self.sweep_dir / str(trial.number)))
+                trial.set_user_attr(HOST, socket.gethostname())
+                retried = self.storage_.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+                if retried is not None:
+                    log.info("trial #%d runs trial #%d again: its worker stopped", trial.number, retried)
+            with heartbeats(self.storage_, group):
+                returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
             for trial, ret in zip(group, returns):
                 self._tell(study, trial, ret)
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
+        (stored,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
+        if stored.state != TrialState.RUNNING:  # another worker took it for stale (heartbeats lost for too long)
+            log.warning(
+                "trial #%d was already told %s by another worker; its result is not recorded",
+                trial.number,
+                stored.state.name,
+            )
+            return
         if ret.status != JobStatus.COMPLETED:
             log.warning("trial #%d failed: %s", trial.number, ret._return_value)
             study.tell(trial, state=TrialState.FAIL)
             return
         value = ret.return_value
         # written by the job's pruning callback into the storage (the Trial object here holds a cached copy)
-        (stored,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
         if PRUNED_AT in stored.user_attrs:
             study.tell(trial, state=TrialState.PRUNED)
             return
@@ -233,3 +301,37 @@ class OptunaSweeper(Sweeper):
             study.tell(trial, state=TrialState.FAIL)
             return
         study.tell(trial, float(value))
+
+
+def budget_spent(study: optuna.Study) -> int:
+    """Trials started or ended, a failed trial queued again counted once (its retry takes its place)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return sum(t.state != TrialState.WAITING and t.number not in retried for t in trials)
+
+
+@contextmanager
+def heartbeats(storage: BaseStorage, trials: list[optuna.trial.Trial]) -> Iterator[None]:
+    """Record the trials' heartbeats while their jobs run (Optuna's optimize() does this; ask-and-tell must)."""
+    if not has_heartbeat(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial in trials:
+                try:
+                    storage.record_heartbeat(trial._trial_id)
+                except Exception as err:  # the database is unreachable for a moment: try again next time
+                    log.warning("heartbeat of trial #%d not recorded: %s", trial.number, err)
+            if stop.wait(storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+
+from visiontrain.runs.study_storage import open_storage, storage_spec
 
 log = logging.getLogger("visiontrain")
 
 # user attribute of a trial this callback stopped; the sweeper then tells the trial as pruned
 PRUNED_AT = "pruned_at_epoch"
-
-
-def study_storage(sweep_dir: str | Path, storage: str | None = None) -> str:
-    """Where the study lives: ``storage`` if given, else an SQLite file inside the sweep folder."""
-    return storage or f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
 
 
 class OptunaPruning(Callback):
@@ -49,7 +45,7 @@ class OptunaPruning(Callback):
         target = str(hydra.sweeper.get("_target_", ""))
         if not target.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper"):
             return None
-        storage = study_storage(hydra.sweep.dir, hydra.sweeper.get("storage"))
+        storage = open_storage(storage_spec(hydra.sweeper.get("storage"), hydra.sweep.dir, hydra.runtime.cwd))
         # the pruner is not stored with the study: build the sweep's own from its config
         pruner = instantiate(hydra.sweeper.pruner) if hydra.sweeper.get("pruner") else None
         study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=pruner)

@@ -18,6 +18,7 @@ metric's name, so a study loaded from its storage can be reported again.
 
 from __future__ import annotations
 
+import csv
 import logging
 import shlex
 import warnings
@@ -35,9 +36,13 @@ log = logging.getLogger("visiontrain")
 
 # trial user attribute: the overrides of the trial's job, as the sweeper launched it
 OVERRIDES = "overrides"
+# trial user attributes: the trial's job folder and the machine it ran on (a study may span many workers)
+JOB_DIR, HOST = "job_dir", "host"
 # study user attribute: the sweep's config folders beyond visiontrain's (--config-dir), as search path URLs
 SEARCH_PATH = "searchpath"
 PLOTS_FOLDER = "optuna"
+# every trial of the study, whichever worker ran it: number, state, value, where it ran, parameters
+TRIALS_TABLE = "trials.csv"
 BEST_CONFIG = "best.yaml"
 # launch mechanics rather than the trial's configuration: resume=<sweep dir> continues the sweep's folders
 NOT_REPRODUCED = {"resume"}
@@ -87,6 +92,7 @@ def write_study_report(
     sweep_dir = Path(sweep_dir).resolve()
     metric = (study.metric_names or ["value"])[0]
     report = StudyReport(plots=write_plots(study, sweep_dir / PLOTS_FOLDER, metric))
+    write_trials_table(study, sweep_dir / PLOTS_FOLDER / TRIALS_TABLE)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         log.info("no completed trial in study %r: no %s", study.study_name, BEST_CONFIG)
@@ -110,6 +116,31 @@ def write_study_report(
     ]
     report.best_config.write_text("".join(f"# {line}\n" for line in header) + OmegaConf.to_yaml(config))
     return report
+
+
+def write_trials_table(study: optuna.Study, path: Path) -> None:
+    """Every trial of the study in trial order: a shared study's workers each see only their own job folders."""
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({name for t in trials for name in t.params})
+    metric = (study.metric_names or ["value"])[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "state", metric, "seconds", "retry_of", HOST, JOB_DIR, *params])
+        for t in trials:
+            seconds = round(t.duration.total_seconds(), 1) if t.duration else ""
+            writer.writerow(
+                [
+                    t.number,
+                    t.state.name.lower(),
+                    "" if t.value is None else t.value,
+                    seconds,
+                    t.system_attrs.get("failed_trial", ""),
+                    t.user_attrs.get(HOST, ""),
+                    t.user_attrs.get(JOB_DIR, ""),
+                    *(t.params.get(name, "") for name in params),
+                ]
+            )
 
 
 def command_line(args: Sequence[str]) -> str:

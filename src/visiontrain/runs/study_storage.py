@@ -1,0 +1,79 @@
+"""Where an Optuna study lives (``hydra.sweeper.storage``), opened the same way by the sweeper, by a trial's pruning
+callback and by ``python -m visiontrain.sweep_report``.
+
+- ``null``: ``sqlite:///<sweep dir>/optuna.db``, the study lives (and resumes) with the sweep's folders.
+- An SQLAlchemy URL (``postgresql://user@host/db``, ``mysql+pymysql://...``, ``sqlite:///path.db``): Optuna's
+  RDB storage, shared by every worker that names the same study. Workers send a heartbeat for each trial they
+  run; a trial whose heartbeat stops (its worker was killed or lost its node) is marked failed by the next worker
+  that asks for a trial, and queued again with the same parameters (Optuna's RetryHeartbeatStaleTrialCallback).
+- ``journal:<file>``: Optuna's journal file storage, no database server (a file on a shared file system). It has
+  no heartbeat: a killed worker's running trial is continued when that worker is started again with
+  ``resume=<its sweep dir>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+JOURNAL = "journal:"
+
+
+def storage_spec(storage: str | None, sweep_dir: str | Path, cwd: str | Path | None = None) -> str:
+    """The storage as an absolute spec: the sweep folder's SQLite file when none is given, and a relative journal
+    or SQLite path read from ``cwd`` (where the command was started), so that jobs find the same file."""
+    if not storage:
+        return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
+    storage = str(storage)
+    base = Path(cwd or ".")
+    if storage.startswith(JOURNAL):
+        return JOURNAL + str((base / storage[len(JOURNAL) :]).resolve())
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        path = storage[len("sqlite:///") :]
+        if path and path != ":memory:":
+            return "sqlite:///" + str((base / path).resolve())
+    return storage
+
+
+def open_storage(
+    spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None
+) -> BaseStorage:
+    """An Optuna storage from an absolute spec (see :func:`storage_spec`).
+
+    ``heartbeat_interval`` (seconds, RDB storages only): trials run under this storage record a heartbeat this
+    often; one silent for ``grace_period`` (default: twice the interval) is failed and retried at most
+    ``max_retry`` times (null: always).
+    """
+    if spec.startswith(JOURNAL):
+        path = Path(spec[len(JOURNAL) :])
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"hydra.sweeper.storage={spec}: the folder {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
+        spec = "postgresql+psycopg://" + spec[len("postgresql://") :]  # default is (psycopg2 before 2.1)
+    if not heartbeat_interval:
+        return optuna.storages.get_storage(spec)
+    return RDBStorage(
+        spec,
+        # a database server restarted between two trials of a long sweep leaves dead connections in the pool
+        engine_kwargs={"pool_pre_ping": True} if not spec.startswith("sqlite") else None,
+        heartbeat_interval=int(heartbeat_interval),
+        grace_period=int(grace_period) if grace_period else None,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+    )
+
+
+def printable(spec: str) -> str:
+    """The storage for a log line: a database URL without its password."""
+    if spec.startswith(JOURNAL) or "://" not in spec:
+        return spec
+    from sqlalchemy.engine import make_url
+
+    return make_url(spec).render_as_string(hide_password=True)
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
