@@ -24,8 +24,8 @@ train:  ## the default run: simple_cnn on MNIST
 tensorboard:  ## review every run (binds 127.0.0.1 only)
 	tensorboard --logdir outputs --host 127.0.0.1
 
-bench:  ## visiontrain vs a plain PyTorch loop, steps/s
-	$(PYTHON) bench/throughput.py
+bench:  ## visiontrain vs plain PyTorch loops (classification, detection, segmentation) + CPU speed-ups; ~15 min, needs DATA_DIR
+	$(PYTHON) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

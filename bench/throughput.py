@@ -1,41 +1,43 @@
-"""Training throughput: visiontrain vs a plain hand-written PyTorch loop, measured in one run.
+"""Training throughput: visiontrain vs a plain hand-written PyTorch loop, measured in one run (classification).
 
-Same network (simple_cnn), same data (the official MNIST files in $DATA_DIR/MNIST/raw), same batch
-size, optimizer and schedule. Each side trains one epoch of ``--steps`` steps (no validation); the two
-alternate for ``--rounds`` rounds. Shared CPUs drift by +-15% from one second to the next, so the
-ratio is taken within each round (two runs seconds apart) and the median of those ratios is
-reported, with the median steps per second of each side.
+Same network (simple_cnn), same data (the official MNIST files in $DATA_DIR/MNIST/raw, the same 55,000 training images),
+same batch size, optimizer and schedule, same memory format (the one the framework's config gives the network, set
+explicitly on both sides; ``--[no-]channels-last`` for another). The plain loop shares only the files and the network
+definition (visiontrain.models.simple_cnn) with the framework: it reads the IDX files itself. Each side trains
+``--warmup`` + ``--steps`` steps (no validation) and is timed over the ``--steps`` after the warm-up (bench/pairing.py
+says what is on the clock); the two alternate for ``--rounds`` rounds, and the median and spread of the per-round ratios
+are reported, with the median steps per second of each side. bench/run_all.py runs this beside the other families.
 
-    python bench/throughput.py [--rounds 15] [--steps 150] [--batch-size 128]
+    DATA_DIR=/work/shared/datasets python bench/throughput.py [--rounds 15] [--steps 150] [--batch-size 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import statistics
-import tempfile
-import time
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning import Callback
 
-from visiontrain.data.mnist import MNISTDataModule
-from visiontrain.models.simple_cnn import SimpleCNN
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pairing  # noqa: E402
 
+from visiontrain.models.simple_cnn import SimpleCNN  # noqa: E402
 
-class EpochTimer(Callback):
-    """Steps per second of each training epoch, as the Trainer runs it."""
-
-    rates: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start, self.start_step = time.perf_counter(), trainer.global_step
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        EpochTimer.rates.append((trainer.global_step - self.start_step) / (time.perf_counter() - self.start))
+FAMILY = "classification"
+DESCRIPTION = "simple_cnn, MNIST 28x28, batch 128, SGD + one-cycle, data in memory"
+DEFAULT_STEPS = 150
+BATCH_SIZE = 128
+# conf/model/simple_cnn.yaml and conf/model/optimizer/sgd.yaml, conf/model/scheduler/onecycle.yaml; conf/data/mnist.yaml
+LR, MOMENTUM, WEIGHT_DECAY, PCT_START = 0.05, 0.9, 5e-4, 0.25
+# one kernel over all parameters, as conf/model/optimizer/ sets (fused: true)
+FUSED = True
+MEAN, STD, VAL_SIZE, SPLIT_SEED = 0.1307, 0.3081, 5000, 12345
 
 
 def data_dir() -> Path:
@@ -45,60 +47,83 @@ def data_dir() -> Path:
     return root
 
 
-def visiontrain_rate(root: Path, batch_size: int, steps: int) -> float:
-    from visiontrain.cli.train import train
-    from visiontrain.runs.config import compose_config
-
-    overrides = [
-        f"paths.data_dir={root}",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0",
-        "test=false",
-        "extras.print_config=false",
-        "logger=none",
-        # nothing that writes output, on either side: no progress bar, checkpoints or loggers
-        "callbacks.model_checkpoint=null",
-        "callbacks.last_checkpoint=null",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-        "+trainer.enable_progress_bar=false",
-        "+trainer.enable_checkpointing=false",
-        f"data.batch_size={batch_size}",
-        f"trainer.limit_train_batches={steps}",
-        "+callbacks.timer._target_=__main__.EpochTimer",
-    ]
-    cfg = compose_config("train", overrides, Path(tempfile.mkdtemp()))
-    train(cfg)
-    return EpochTimer.rates[-1]
+def recipe(root: Path, batch_size: int = BATCH_SIZE) -> list[str]:
+    """``python train.py``: simple_cnn on MNIST, the default run."""
+    return [f"paths.data_dir={root}", f"data.batch_size={batch_size}"]
 
 
-def plain_rate(root: Path, batch_size: int, steps: int) -> float:
-    """What one writes by hand: tensors in memory, a permutation, slice, normalise, step, and the
+def framework_channels_last(root: Path) -> bool | None:
+    """The memory format the framework gives the network (``model.channels_last``, ``auto`` resolved)."""
+    return pairing.framework_channels_last(recipe(root))
+
+
+def framework_rate(
+    root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool | None = None
+) -> float:
+    """The recipe with the benches' quiet settings; ``channels_last`` None: the config's own memory format."""
+    overrides = recipe(root, batch_size)
+    if channels_last is not None:
+        overrides.append(f"model.channels_last={str(channels_last).lower()}")
+    return pairing.framework_rate(overrides, steps, warmup)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not): the magic number's last byte is the number of dimensions, each a 4-byte size."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (uint8, N x 1 x 28 x 28) and labels, less a seeded 5,000 held out for validation."""
+    raw = root / "MNIST" / "raw"
+
+    def find(name: str) -> Path:
+        return raw / name if (raw / name).is_file() else raw / f"{name}.gz"
+
+    images = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).copy()).unsqueeze(1)
+    labels = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte")).astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train = order[VAL_SIZE:]
+    return images[train], labels[train]
+
+
+def plain_rate(
+    root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool = False
+) -> float:
+    """What one writes by hand: tensors in memory, a permutation per epoch, slice, normalise, step, and the
     running loss and accuracy one prints at the end of an epoch (visiontrain logs both)."""
-    dm = MNISTDataModule(str(root), num_classes=10, num_channels=1, image_size=28, download=False)
-    dm.setup("fit")
-    images, labels = dm.train_set.images, dm.train_set.labels
+    images, labels = load_mnist(root)
     torch.manual_seed(42)
     net = SimpleCNN(in_channels=1, num_classes=10, image_size=28, width=16)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(memory_format=memory_format)
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=0.05,
-        momentum=0.9,
+        lr=LR,
+        momentum=MOMENTUM,
         nesterov=True,
-        weight_decay=5e-4,
+        weight_decay=WEIGHT_DECAY,
+        fused=FUSED,
     )
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps, pct_start=0.25)
+    total = warmup + steps
+    # both phases at least one step long, as the config's schedule keeps them (runs of a few steps)
+    pct_start = min(max(PCT_START, 2 / total), (total - 1) / total) if total >= 3 else PCT_START
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total, pct_start=pct_start)
     net.train()
-    start = time.perf_counter()
-    order = torch.randperm(len(labels))
+    clock = pairing.StepClock(warmup)
+    per_epoch = len(labels) // batch_size
     loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
-    for i in range(steps):
+    for step in range(total):
+        i = step % per_epoch
+        if i == 0:
+            order = torch.randperm(len(labels))
         idx = order[i * batch_size : (i + 1) * batch_size]
-        x, y = (images[idx].float() / 255 - 0.1307) / 0.3081, labels[idx]
-        logits = net(x)
+        x, y = (images[idx].float() / 255 - MEAN) / STD, labels[idx]
+        logits = net(x.contiguous(memory_format=memory_format))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,32 +131,46 @@ def plain_rate(root: Path, batch_size: int, steps: int) -> float:
         sched.step()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == y).sum()
-    elapsed = time.perf_counter() - start
+        clock.tick()
     assert torch.isfinite(loss_sum) and correct > 0
-    return steps / elapsed
+    return clock.rate()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed steps per run, after the warm-up")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="both sides NHWC (NCHW); default: as the framework's config gives the network (model.channels_last)",
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = parser.parse_args()
     root = data_dir()
-    plain, ours = [], []
-    for _ in range(args.rounds):  # alternate, so both sides see the same machine conditions
-        plain.append(plain_rate(root, args.batch_size, args.steps))
-        ours.append(visiontrain_rate(root, args.batch_size, args.steps))
-    print(
-        f"data: {root}  batch size: {args.batch_size}  steps per round: {args.steps}  rounds: {args.rounds}  "
-        f"threads: {torch.get_num_threads()}"
+    if args.channels_last is None:
+        args.channels_last = bool(framework_channels_last(root))
+    rates = pairing.paired_rounds(
+        {
+            "plain": lambda: plain_rate(root, args.steps, args.warmup, args.batch_size, args.channels_last),
+            "visiontrain": lambda: framework_rate(root, args.steps, args.warmup, args.batch_size, args.channels_last),
+        },
+        args.rounds,
     )
-    for name, rates in (("plain PyTorch loop", plain), ("visiontrain", ours)):
-        listed = ", ".join(f"{r:.1f}" for r in rates)
-        print(f"{name:18s}: {statistics.median(rates):6.1f} steps/s median  (rounds: {listed})")
-    ratios = [o / p for o, p in zip(ours, plain)]
+    print(pairing.machine_line())
     print(
-        f"ratio visiontrain / plain: {statistics.median(ratios):.3f} median of rounds "
+        f"data: {root}  batch size: {args.batch_size}  timed steps per run: {args.steps} (after {args.warmup} "
+        f"warm-up)  rounds: {args.rounds}  memory format: {'NHWC' if args.channels_last else 'NCHW'} (both sides)"
+    )
+    for name, label in (("plain", "plain PyTorch loop"), ("visiontrain", "visiontrain")):
+        listed = ", ".join(f"{r:.1f}" for r in rates[name])
+        print(f"{label:18s}: {statistics.median(rates[name]):6.1f} steps/s median  (rounds: {listed})")
+    ratios = pairing.ratios(rates["visiontrain"], rates["plain"])
+    print(
+        f"ratio visiontrain / plain: {statistics.median(ratios):.3f} median of rounds, range "
+        f"{pairing.value_range(ratios)}, IQR {pairing.interquartile(ratios)} "
         f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 

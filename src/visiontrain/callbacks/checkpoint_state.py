@@ -15,6 +15,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from visiontrain import artifact
 from visiontrain.artifact import ArtifactInfo
+from visiontrain.callbacks.hooks import batch_hooks_only_where_used
 from visiontrain.data import manifest
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@batch_hooks_only_where_used
 class ArtifactInCheckpoint(Callback):
     """Store what it takes to use the model again in every checkpoint (``visiontrain.artifact``): the run's
     ``model`` and ``data`` configs, the resolved model config, the data's test-time preprocessing, the task,
@@ -52,6 +54,7 @@ class ArtifactInCheckpoint(Callback):
         artifact.write(checkpoint, info)
 
 
+@batch_hooks_only_where_used
 class SplitAgainstCheckpoint(Callback):
     """eval.py: say in one line whether the test split it evaluates is the one the checkpoint was tested on (its
     validation split, if the training run had no test split), and if not, how many of its images were in each of
@@ -76,6 +79,7 @@ class SplitAgainstCheckpoint(Callback):
         (log.warning if differs else log.info)(sentence[0].upper() + sentence[1:])
 
 
+@batch_hooks_only_where_used
 class RandomStateInCheckpoint(Callback):
     """Save the global random generators (torch, CUDA, numpy, Python) with every checkpoint; restore them on resume.
 
@@ -134,6 +138,7 @@ class RandomStateInCheckpoint(Callback):
         random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
 
 
+@batch_hooks_only_where_used
 class MetricsInCheckpoint(Callback):
     """Keep the metrics logged so far (``trainer.callback_metrics``: training, validation, best-so-far) in every
     checkpoint, and give them back on resume (``restored``).

@@ -18,6 +18,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from visiontrain.callbacks.hooks import batch_hooks_only_where_used
 from visiontrain.errors import UserError
 from visiontrain.models.backbone import in_backbone
 
@@ -30,6 +31,7 @@ def say(message: str) -> None:
     log.info(message)
 
 
+@batch_hooks_only_where_used
 class StagedFinetuning(Callback):
     """Freeze the backbone until epoch ``unfreeze_at_epoch`` (0: never frozen), its BatchNorm layers in eval
     mode while frozen when ``freeze_bn`` (their running statistics kept as loaded); the backbone's learning

@@ -6,9 +6,11 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 
+from visiontrain.callbacks.hooks import batch_hooks_only_where_used
 from visiontrain.tasks.figures import learning_curves_figure, publish_figure
 
 
+@batch_hooks_only_where_used
 class LearningCurves(Callback):
     """Keeps each epoch's losses and monitored metric (with its training twin) and redraws the figure after every
     epoch, so an interrupted run has its curves too. The history travels in checkpoints: a resumed run's figure

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from visiontrain.callbacks.hooks import batch_hooks_only_where_used
 from visiontrain.errors import UserError
 
 
+@batch_hooks_only_where_used
 class Lookahead(Callback):
     def __init__(self, every: int = 5, base: float = 0.95, power: float = 3.0) -> None:
         if every < 1 or not 0.0 < base < 1.0:

@@ -8,9 +8,12 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+
 log = logging.getLogger(__name__)
 
 
+@batch_hooks_only_where_used
 class ContinuedTensorBoardRun(Callback):
     """Make a resumed run's TensorBoard curves continue the interrupted ones in the same event folder.
 
@@ -34,6 +37,7 @@ class ContinuedTensorBoardRun(Callback):
                 writer.flush()
 
 
+@batch_hooks_only_where_used
 class AugmentedBatchToTensorBoard(Callback):
     """Write the first training batch as the network receives it (after the datamodule's augmentation
     and the task's MixUp/CutMix), denormalised, as an image grid to TensorBoard (``train/augmented_batch``).

@@ -16,6 +16,7 @@ from torch import nn
 from visiontrain import artifact
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
+from visiontrain.models import memory_format
 from visiontrain.models.backbone import backbone_and_head
 from visiontrain.tasks import tta as test_time
 
@@ -94,7 +95,7 @@ class VisionTask(LightningModule):
         num_classes: int,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         **architecture: Any,
     ) -> None:
         super().__init__()
@@ -109,9 +110,10 @@ class VisionTask(LightningModule):
         self.scheduler_factory = scheduler
         self.decay_norm_and_bias = decay_norm_and_bias
         self.compile_net = compile
-        self.channels_last = channels_last
-        if channels_last:  # NHWC weights (loading a state dict keeps the format); inputs follow in to_memory_format
-            self.net.to(memory_format=torch.channels_last)
+        # true | false | auto (on where it measured faster: visiontrain.models.memory_format); resolved here, once
+        self.channels_last = memory_format.resolve(channels_last, net)
+        if self.channels_last:  # NHWC weights (loading a state dict keeps the format); inputs: to_memory_format
+            memory_format.apply(self.net, True)
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self.category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K
 

@@ -146,8 +146,11 @@ class DetectionModule(VisionTask):
         image_log_every_n_epochs: int = 1,
         image_score_threshold: float = 0.5,
         tta: str = "none",
+        channels_last: bool | str = False,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias)
+        # the detector's weights only: its transform batches the images itself, and a convolution with NHWC weights
+        # computes in NHWC whatever the layout of its input (oneDNN, cuDNN)
+        super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, channels_last=channels_last)
         self.set_tta(tta, "model.tta")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.class_names = [str(i) for i in range(1, num_classes + 1)]  # labels 1..K; 0 is background

@@ -32,6 +32,7 @@ from visiontrain.tasks.base import (
     plain_class_weights,
 )
 from visiontrain.tasks.figures import confusion_matrix_figure, per_class_figure, publish_figure
+from visiontrain.tasks.running import TrainJaccardIndex, class_map
 from visiontrain.tasks.serving import LoadedModel, TaskServing
 from visiontrain.tasks.tta import augmented
 
@@ -87,7 +88,7 @@ class SegmentationModule(VisionTask):
         aux_weight: float = 0.5,
         decay_norm_and_bias: bool = False,
         compile: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         overlay_every_n_epochs: int = 1,
         overlay_images: int = 8,
         tta: str = "none",
@@ -111,9 +112,9 @@ class SegmentationModule(VisionTask):
             self.dice = DiceLoss(mode="multiclass", ignore_index=ignore_index)
 
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # MulticlassJaccardIndex's value with a cheaper per-step update (visiontrain.tasks.running)
         self.train_metrics = MetricCollection(
-            {"miou": MulticlassJaccardIndex(num_classes, ignore_index=ignore_index, validate_args=False)},
-            prefix="train/",
+            {"miou": TrainJaccardIndex(num_classes, ignore_index=ignore_index, validate_args=False)}, prefix="train/"
         )
         self.val_metrics = segmentation_metrics(num_classes, ignore_index).clone(prefix="val/")
         self.test_metrics = segmentation_metrics(num_classes, ignore_index).clone(prefix="test/")
@@ -165,7 +166,7 @@ class SegmentationModule(VisionTask):
         if isinstance(output, dict) and "aux" in output:
             loss = loss + self.hparams.aux_weight * self.loss(output["aux"], masks)
         self.train_loss.update(loss.detach())
-        self.train_metrics.update(logits.detach().argmax(dim=1), masks)
+        self.train_metrics["miou"].update(class_map(logits.detach()), masks)
         if self.trainer._logger_connector.should_update_logs:  # only where loggers write: self.log is not free
             self.log("train/loss_step", loss.detach(), prog_bar=True)
         return loss
@@ -178,7 +179,7 @@ class SegmentationModule(VisionTask):
         images, masks = batch
         logits = self.evaluation_logits(images)
         loss_metric.update(self.loss(logits, masks), weight=len(masks))
-        preds = logits.argmax(dim=1)
+        preds = class_map(logits)
         metrics.update(preds, masks)
         return preds
 
