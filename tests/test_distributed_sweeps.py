@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from glob import glob
 from pathlib import Path
@@ -104,8 +105,9 @@ def finish(worker: subprocess.Popen, timeout: int = 600) -> int:
     return code
 
 
-def worker_logs(cwd: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted(cwd.glob("worker_*.log")))
+def worker_logs(cwd: Path, tail: int | None = None) -> str:
+    """Every worker's output, each cut to its last ``tail`` characters (an assertion message shows them all)."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-(tail or 0) :]}" for p in sorted(cwd.glob("worker_*.log")))
 
 
 def summary_jobs(sweep: Path) -> set[str]:
@@ -133,7 +135,7 @@ def test_two_workers_share_one_study(shared_storage, tmp_path, datasets):
     args = [*SWEEP, f"hydra.sweeper.storage={shared_storage}"]
     workers = [start_worker(args, tmp_path, datasets) for _ in range(2)]  # started at once, same command
     codes = [finish(w) for w in workers]
-    assert codes == [0, 0], worker_logs(tmp_path)[-4000:]
+    assert codes == [0, 0], worker_logs(tmp_path, tail=3000)
 
     study = optuna.load_study(study_name=STUDY, storage=open_storage(storage_spec(shared_storage, tmp_path)))
     trials = study.get_trials()
@@ -187,7 +189,7 @@ def test_killed_worker_loses_nothing(postgres, tmp_path, datasets):
     victim = start_worker(args + kill, tmp_path, datasets)
     assert finish(victim) == -9  # SIGKILLed in its first trial: no handler ran
     restarted = start_worker(args, tmp_path, datasets)
-    assert [finish(survivor), finish(restarted)] == [0, 0], worker_logs(tmp_path)[-4000:]
+    assert [finish(survivor), finish(restarted)] == [0, 0], worker_logs(tmp_path, tail=3000)
 
     study = optuna.load_study(study_name=f"{STUDY}_kill", storage=postgres)
     trials = study.get_trials()
@@ -201,6 +203,29 @@ def test_killed_worker_loses_nothing(postgres, tmp_path, datasets):
     assert N_TRIALS <= len(trials) - 1 <= N_TRIALS + 1
     check_values(study)
     assert f"runs trial #{failed.number} again: its worker stopped" in worker_logs(tmp_path)
+
+
+def test_workers_opening_an_empty_database_at_once_both_get_the_study(postgres):
+    """Optuna creates its tables when a storage is first opened, and two workers doing so at the same moment
+    collide in PostgreSQL's catalog (optuna#1092): both must still get the study (it failed 6 times in 8 here)."""
+    import psycopg
+
+    def open_study(url: str, barrier: threading.Barrier, opened: list) -> None:
+        barrier.wait()
+        storage = open_storage(storage_spec(url, "."), heartbeat_interval=60)
+        opened.append(optuna.create_study(study_name=STUDY, storage=storage, load_if_exists=True)._study_id)
+
+    for attempt in range(4):
+        with psycopg.connect(postgres, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE empty{attempt}")
+        url = postgres.rsplit("/", 1)[0] + f"/empty{attempt}"
+        barrier, opened = threading.Barrier(2), []
+        workers = [threading.Thread(target=open_study, args=(url, barrier, opened)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert len(opened) == 2 and opened[0] == opened[1], f"attempt {attempt}: {opened}"
 
 
 def test_storage_specs(tmp_path):

@@ -13,6 +13,9 @@ callback and by ``python -m visiontrain.sweep_report``.
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -55,15 +58,33 @@ def open_storage(
     if spec.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
         spec = "postgresql+psycopg://" + spec[len("postgresql://") :]  # default is (psycopg2 before 2.1)
     if not heartbeat_interval:
-        return optuna.storages.get_storage(spec)
-    return RDBStorage(
-        spec,
-        # a database server restarted between two trials of a long sweep leaves dead connections in the pool
-        engine_kwargs={"pool_pre_ping": True} if not spec.startswith("sqlite") else None,
-        heartbeat_interval=int(heartbeat_interval),
-        grace_period=int(grace_period) if grace_period else None,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        return _opened_while_others_create_tables(lambda: optuna.storages.get_storage(spec))
+    return _opened_while_others_create_tables(
+        lambda: RDBStorage(
+            spec,
+            # a database server restarted between two trials of a long sweep leaves dead connections in the pool
+            engine_kwargs={"pool_pre_ping": True} if not spec.startswith("sqlite") else None,
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=int(grace_period) if grace_period else None,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
     )
+
+
+def _opened_while_others_create_tables(open_rdb: Callable[[], BaseStorage], attempts: int = 5) -> BaseStorage:
+    """Optuna creates its tables when a database storage is first opened, and workers started together on an
+    empty database collide there (optuna#1092: "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index", "table alembic_version already exists"); Optuna leaves it to the user. The
+    creation checks what exists first and the loser's transaction is rolled back, so opening again finds the
+    winner's tables."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_rdb()
+        except (IntegrityError, ProgrammingError, OperationalError):
+            time.sleep(0.2 * (attempt + 1) + 0.2 * random.random())  # apart, so that they do not collide again
+    return open_rdb()
 
 
 def printable(spec: str) -> str:
