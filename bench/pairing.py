@@ -14,6 +14,7 @@ apart), the sides alternate which goes first, and the median and the spread of t
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -24,9 +25,18 @@ import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from lightning import Callback
+
+
+def data_dir(needed: str) -> Path:
+    """$DATA_DIR (default ``data``), which must hold the folder ``needed``."""
+    root = Path(os.environ.get("DATA_DIR", "data"))
+    if not (root / needed).is_dir():
+        raise SystemExit(f"error: no {needed} in {root}; set DATA_DIR to the datasets folder.")
+    return root
 
 
 class StepClock:
@@ -80,10 +90,11 @@ QUIET_RUN = [
 ]
 
 
-def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1) -> float:
+def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1, channels_last: bool | None = None) -> float:
     """Steps per second of ``visiontrain.cli.train.train`` on the config ``overrides`` compose (after ``QUIET_RUN``),
     trained for ``warmup + steps`` optimizer steps (``trainer.max_steps``; the recipe's epochs are left as they are,
-    so the learning-rate schedule spans exactly those steps, as on the plain side). The run folder is deleted."""
+    so the learning-rate schedule spans exactly those steps, as on the plain side), in the memory format
+    ``channels_last`` says (None: the config's own). The run folder is deleted."""
     from visiontrain.cli.train import train
     from visiontrain.runs.config import compose_config
 
@@ -96,6 +107,7 @@ def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1) -> flo
             [
                 *QUIET_RUN,
                 *overrides,
+                *([] if channels_last is None else [f"model.channels_last={str(channels_last).lower()}"]),
                 f"trainer.max_steps={warmup + steps}",
                 f"+callbacks.bench_clock._target_={target}",
             ],
@@ -228,3 +240,73 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+COLUMNS = [
+    "family",
+    "what",
+    "visiontrain steps/s (median)",
+    "plain steps/s (median)",
+    "ratio visiontrain/plain (median)",
+    "ratio min–max",
+    "ratio IQR",
+    "rounds x timed steps",
+]
+
+
+def compare(
+    family: ModuleType,
+    root: Path,
+    rounds: int,
+    steps: int,
+    warmup: int = 1,
+    channels_last: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+    **sizes: int,
+) -> list[str]:
+    """A row of the table: a family's bench module (bench/throughput*.py: ``plain_rate``, ``framework_rate``,
+    ``framework_channels_last``, ``DESCRIPTION``) run in paired rounds, both sides in one memory format (``None``:
+    the one the framework's config gives the network). ``sizes`` (``batch_size=``) go to both sides."""
+    nhwc = bool(family.framework_channels_last(root)) if channels_last is None else channels_last
+    rates = paired_rounds(
+        {
+            "plain": lambda: family.plain_rate(root, steps, warmup, channels_last=nhwc, **sizes),
+            "visiontrain": lambda: family.framework_rate(root, steps, warmup, channels_last=nhwc, **sizes),
+        },
+        rounds,
+        progress=progress and (lambda line: progress(f"{family.FAMILY} {line} steps/s")),
+    )
+    per_round = ratios(rates["visiontrain"], rates["plain"])
+    return [
+        family.FAMILY,
+        f"{family.DESCRIPTION}, {'NHWC' if nhwc else 'NCHW'}",
+        f"{statistics.median(rates['visiontrain']):.3g}",
+        f"{statistics.median(rates['plain']):.3g}",
+        f"{statistics.median(per_round):.3f}",
+        value_range(per_round),
+        interquartile(per_round),
+        f"{rounds} x {steps}",
+    ]
+
+
+def family_main(family: ModuleType, default_rounds: int = 5, argv: Sequence[str] | None = None) -> None:
+    """The command line of one family's bench run on its own: its row of bench/run_all.py's table."""
+    parser = argparse.ArgumentParser(description=family.__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    parser.add_argument(
+        "--steps", type=int, default=family.DEFAULT_STEPS, help="timed steps per run, after the warm-up"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="both sides NHWC (NCHW); default: as the framework's config gives the network (model.channels_last)",
+    )
+    if hasattr(family, "BATCH_SIZE"):
+        parser.add_argument("--batch-size", type=int, default=family.BATCH_SIZE)
+    args = parser.parse_args(argv)
+    sizes = {"batch_size": args.batch_size} if hasattr(family, "BATCH_SIZE") else {}
+    row = compare(family, family.data_dir(), args.rounds, args.steps, args.warmup, args.channels_last, print, **sizes)
+    print(machine_line())
+    print(text_table(COLUMNS, [row]))

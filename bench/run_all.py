@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,44 +44,10 @@ import throughput_segmentation  # noqa: E402
 
 FAMILIES = {module.FAMILY: module for module in (throughput, throughput_detection, throughput_segmentation)}
 QUICK_STEPS = 2
-COLUMNS = [
-    "family",
-    "what",
-    "visiontrain steps/s (median)",
-    "plain steps/s (median)",
-    "ratio visiontrain/plain (median)",
-    "ratio min–max",
-    "ratio IQR",
-    "rounds x timed steps",
-]
 
 
 def say(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-def compare(name: str, root: Path, rounds: int, steps: int, warmup: int, channels_last: bool | None) -> list[str]:
-    module = FAMILIES[name]
-    nhwc = bool(module.framework_channels_last(root)) if channels_last is None else channels_last
-    rates = pairing.paired_rounds(
-        {
-            "plain": lambda: module.plain_rate(root, steps, warmup, channels_last=nhwc),
-            "visiontrain": lambda: module.framework_rate(root, steps, warmup, channels_last=nhwc),
-        },
-        rounds,
-        progress=lambda line: say(f"{name} {line} steps/s"),
-    )
-    ratios = pairing.ratios(rates["visiontrain"], rates["plain"])
-    return [
-        name,
-        f"{module.DESCRIPTION}, {'NHWC' if nhwc else 'NCHW'}",
-        f"{statistics.median(rates['visiontrain']):.3g}",
-        f"{statistics.median(rates['plain']):.3g}",
-        f"{statistics.median(ratios):.3f}",
-        pairing.value_range(ratios),
-        pairing.interquartile(ratios),
-        f"{rounds} x {steps}",
-    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     rows = []
     for name in args.families:
         steps = args.steps or (QUICK_STEPS if args.quick else FAMILIES[name].DEFAULT_STEPS)
-        rows.append(compare(name, args.data_dir, rounds, steps, args.warmup, args.channels_last))
+        rows.append(pairing.compare(FAMILIES[name], args.data_dir, rounds, steps, args.warmup, args.channels_last, say))
     speed_columns, speed_rows = [], []
     if args.run_speedups:
         speed_columns, speed_rows = speedups.run(
@@ -174,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, list]:
     markdown = [f"- {line}\n" for line in header]
     if rows:
         title = "visiontrain vs plain PyTorch loop, training steps per second (paired rounds)"
-        print(f"\n{title}\n{pairing.text_table(COLUMNS, rows)}")
-        markdown.append(f"\n{title}\n\n{pairing.markdown_table(COLUMNS, rows)}\n")
+        print(f"\n{title}\n{pairing.text_table(pairing.COLUMNS, rows)}")
+        markdown.append(f"\n{title}\n\n{pairing.markdown_table(pairing.COLUMNS, rows)}\n")
     if speed_rows:
         title = "speed-ups of plain loops on this CPU, training images per second"
         print(f"\n{title}\n{speedups.NOTE}\n{pairing.text_table(speed_columns, speed_rows)}")

@@ -13,10 +13,7 @@ are reported, with the median steps per second of each side. bench/run_all.py ru
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -41,10 +38,7 @@ MEAN, STD, VAL_SIZE, SPLIT_SEED = 0.1307, 0.3081, 5000, 12345
 
 
 def data_dir() -> Path:
-    root = Path(os.environ.get("DATA_DIR", "data"))
-    if not (root / "MNIST" / "raw").is_dir():
-        raise SystemExit(f"error: no MNIST in {root}/MNIST/raw; set DATA_DIR to a folder holding MNIST/raw/.")
-    return root
+    return pairing.data_dir("MNIST/raw")
 
 
 def recipe(root: Path, batch_size: int = BATCH_SIZE) -> list[str]:
@@ -61,10 +55,7 @@ def framework_rate(
     root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool | None = None
 ) -> float:
     """The recipe with the benches' quiet settings; ``channels_last`` None: the config's own memory format."""
-    overrides = recipe(root, batch_size)
-    if channels_last is not None:
-        overrides.append(f"model.channels_last={str(channels_last).lower()}")
-    return pairing.framework_rate(overrides, steps, warmup)
+    return pairing.framework_rate(recipe(root, batch_size), steps, warmup, channels_last)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -136,44 +127,5 @@ def plain_rate(
     return clock.rate()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed steps per run, after the warm-up")
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="both sides NHWC (NCHW); default: as the framework's config gives the network (model.channels_last)",
-    )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    args = parser.parse_args()
-    root = data_dir()
-    if args.channels_last is None:
-        args.channels_last = bool(framework_channels_last(root))
-    rates = pairing.paired_rounds(
-        {
-            "plain": lambda: plain_rate(root, args.steps, args.warmup, args.batch_size, args.channels_last),
-            "visiontrain": lambda: framework_rate(root, args.steps, args.warmup, args.batch_size, args.channels_last),
-        },
-        args.rounds,
-    )
-    print(pairing.machine_line())
-    print(
-        f"data: {root}  batch size: {args.batch_size}  timed steps per run: {args.steps} (after {args.warmup} "
-        f"warm-up)  rounds: {args.rounds}  memory format: {'NHWC' if args.channels_last else 'NCHW'} (both sides)"
-    )
-    for name, label in (("plain", "plain PyTorch loop"), ("visiontrain", "visiontrain")):
-        listed = ", ".join(f"{r:.1f}" for r in rates[name])
-        print(f"{label:18s}: {statistics.median(rates[name]):6.1f} steps/s median  (rounds: {listed})")
-    ratios = pairing.ratios(rates["visiontrain"], rates["plain"])
-    print(
-        f"ratio visiontrain / plain: {statistics.median(ratios):.3f} median of rounds, range "
-        f"{pairing.value_range(ratios)}, IQR {pairing.interquartile(ratios)} "
-        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    pairing.family_main(sys.modules[__name__], default_rounds=15)

@@ -17,9 +17,6 @@ the redrawn learning curves) is timed too.
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -52,10 +49,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def data_dir() -> Path:
-    root = Path(os.environ.get("DATA_DIR", "data"))
-    if not (root / "PennFudanPed" / "PNGImages").is_dir():
-        raise SystemExit(f"error: no PennFudanPed in {root}; set DATA_DIR to a folder holding PennFudanPed/.")
-    return root
+    return pairing.data_dir("PennFudanPed/PNGImages")
 
 
 def framework_channels_last(root: Path) -> bool | None:
@@ -65,10 +59,7 @@ def framework_channels_last(root: Path) -> bool | None:
 
 def framework_rate(root: Path, steps: int, warmup: int = 1, channels_last: bool | None = None) -> float:
     """The recipe with the benches' quiet settings; ``channels_last`` None: the config's own memory format."""
-    overrides = [f"paths.data_dir={root}", *RECIPE]
-    if channels_last is not None:
-        overrides.append(f"model.channels_last={str(channels_last).lower()}")
-    return pairing.framework_rate(overrides, steps, warmup)
+    return pairing.framework_rate([f"paths.data_dir={root}", *RECIPE], steps, warmup, channels_last)
 
 
 # --- the plain side -------------------------------------------------------------------------------------------------
@@ -191,38 +182,5 @@ def plain_rate(root: Path, steps: int, warmup: int = 1, channels_last: bool = Fa
     return clock.rate()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed steps per run, after the warm-up")
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="both sides NHWC (NCHW); default: as the framework's config gives the network (model.channels_last)",
-    )
-    parser.add_argument("--warmup", type=int, default=1)
-    args = parser.parse_args()
-    root = data_dir()
-    if args.channels_last is None:
-        args.channels_last = bool(framework_channels_last(root))
-    rates = pairing.paired_rounds(
-        {
-            "plain": lambda: plain_rate(root, args.steps, args.warmup, args.channels_last),
-            "visiontrain": lambda: framework_rate(root, args.steps, args.warmup, args.channels_last),
-        },
-        args.rounds,
-        progress=print,
-    )
-    print(pairing.machine_line())
-    ratios = pairing.ratios(rates["visiontrain"], rates["plain"])
-    print(
-        f"{DESCRIPTION}: visiontrain {statistics.median(rates['visiontrain']):.3f} / plain "
-        f"{statistics.median(rates['plain']):.3f} steps/s (medians); ratio {statistics.median(ratios):.3f} median, "
-        f"range {pairing.value_range(ratios)}, IQR {pairing.interquartile(ratios)}, {args.rounds} rounds, "
-        f"{'NHWC' if args.channels_last else 'NCHW'} on both sides"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    pairing.family_main(sys.modules[__name__], default_rounds=5)

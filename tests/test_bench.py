@@ -264,4 +264,4 @@ def test_throughput_cli_still_runs(tmp_path, bench_data):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ratio visiontrain / plain" in result.stdout and "median of rounds" in result.stdout
+    assert "ratio visiontrain/plain (median)" in result.stdout and "2 x 3" in result.stdout
