@@ -15,6 +15,7 @@ apart), the sides alternate which goes first, and the median and the spread of t
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import shutil
@@ -42,14 +43,15 @@ def data_dir(needed: str) -> Path:
 class StepClock:
     """The end time of each training step; ``rate()`` is steps per second after the first ``warmup`` steps."""
 
-    def __init__(self, warmup: int = 1) -> None:
+    def __init__(self, warmup: int = 1, timer: Callable[[], float] | None = None) -> None:
         if warmup < 1:
             raise ValueError("warmup must be at least 1: the clock starts when the last warm-up step ends")
         self.warmup = warmup
+        self.timer = timer or time.perf_counter  # time.process_time: the process's CPU time
         self.ends: list[float] = []
 
     def tick(self) -> None:
-        self.ends.append(time.perf_counter())
+        self.ends.append(self.timer())
 
     @property
     def steps(self) -> int:
@@ -60,6 +62,11 @@ class StepClock:
         if timed < 1:
             raise RuntimeError(f"{len(self.ends)} steps ran, not more than the {self.warmup} warm-up step(s)")
         return timed / (self.ends[-1] - self.ends[self.warmup - 1])
+
+    def median_step(self) -> float:
+        """The median time of one step after the warm-up (seconds): robust to the odd step a busy machine slows."""
+        timed = self.ends[self.warmup - 1 :]
+        return statistics.median(b - a for a, b in zip(timed, timed[1:]))
 
 
 class FrameworkClock(Callback):
@@ -90,15 +97,21 @@ QUIET_RUN = [
 ]
 
 
-def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1, channels_last: bool | None = None) -> float:
-    """Steps per second of ``visiontrain.cli.train.train`` on the config ``overrides`` compose (after ``QUIET_RUN``),
+def framework_clock(
+    overrides: Sequence[str],
+    steps: int,
+    warmup: int = 1,
+    channels_last: bool | None = None,
+    timer: Callable[[], float] | None = None,
+) -> StepClock:
+    """The step clock of ``visiontrain.cli.train.train`` on the config ``overrides`` compose (after ``QUIET_RUN``),
     trained for ``warmup + steps`` optimizer steps (``trainer.max_steps``; the recipe's epochs are left as they are,
     so the learning-rate schedule spans exactly those steps, as on the plain side), in the memory format
     ``channels_last`` says (None: the config's own). The run folder is deleted."""
     from visiontrain.cli.train import train
     from visiontrain.runs.config import compose_config
 
-    clock = FrameworkClock.clock = StepClock(warmup)
+    clock = FrameworkClock.clock = StepClock(warmup, timer)
     output = Path(tempfile.mkdtemp(prefix="bench_run_"))
     target = f"{FrameworkClock.__module__}.{FrameworkClock.__qualname__}"
     try:
@@ -119,7 +132,12 @@ def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1, channe
         shutil.rmtree(output, ignore_errors=True)
     if clock.steps != warmup + steps:
         raise RuntimeError(f"visiontrain ran {clock.steps} steps, not {warmup + steps}: the recipe ended earlier")
-    return clock.rate()
+    return clock
+
+
+def framework_rate(overrides: Sequence[str], steps: int, warmup: int = 1, channels_last: bool | None = None) -> float:
+    """Steps per second of :func:`framework_clock`'s run."""
+    return framework_clock(overrides, steps, warmup, channels_last).rate()
 
 
 def framework_channels_last(overrides: Sequence[str]) -> bool | None:
@@ -303,10 +321,11 @@ def family_main(family: ModuleType, default_rounds: int = 5, argv: Sequence[str]
         default=None,
         help="both sides NHWC (NCHW); default: as the framework's config gives the network (model.channels_last)",
     )
-    if hasattr(family, "BATCH_SIZE"):
+    sized = "batch_size" in inspect.signature(family.plain_rate).parameters  # the others' batch is the recipe's
+    if sized:
         parser.add_argument("--batch-size", type=int, default=family.BATCH_SIZE)
     args = parser.parse_args(argv)
-    sizes = {"batch_size": args.batch_size} if hasattr(family, "BATCH_SIZE") else {}
+    sizes = {"batch_size": args.batch_size} if sized else {}
     row = compare(family, family.data_dir(), args.rounds, args.steps, args.warmup, args.channels_last, print, **sizes)
     print(machine_line())
     print(text_table(COLUMNS, [row]))

@@ -80,16 +80,12 @@ def load_mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images[train], labels[train]
 
 
-def plain_rate(
-    root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool = False
-) -> float:
-    """What one writes by hand: tensors in memory, a permutation per epoch, slice, normalise, step, and the
-    running loss and accuracy one prints at the end of an epoch (visiontrain logs both)."""
-    images, labels = load_mnist(root)
+def build_training(total_steps: int, channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    """The network, optimizer and schedule the recipe gives, written out: simple_cnn in the memory format asked,
+    SGD (Nesterov, no weight decay on biases and norm weights, fused), one-cycle over ``total_steps`` steps."""
     torch.manual_seed(42)
     net = SimpleCNN(in_channels=1, num_classes=10, image_size=28, width=16)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    net.to(memory_format=memory_format)
+    net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -100,21 +96,38 @@ def plain_rate(
         weight_decay=WEIGHT_DECAY,
         fused=FUSED,
     )
-    total = warmup + steps
     # both phases at least one step long, as the config's schedule keeps them (runs of a few steps)
-    pct_start = min(max(PCT_START, 2 / total), (total - 1) / total) if total >= 3 else PCT_START
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total, pct_start=pct_start)
+    pct_start = min(max(PCT_START, 2 / total_steps), (total_steps - 1) / total_steps) if total_steps >= 3 else PCT_START
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total_steps, pct_start=pct_start)
     net.train()
-    clock = pairing.StepClock(warmup)
+    return net, opt, sched
+
+
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, steps: int, channels_last: bool):
+    """``steps`` normalised training batches: a permutation per epoch, slices of it."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     per_epoch = len(labels) // batch_size
-    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
-    for step in range(total):
+    for step in range(steps):
         i = step % per_epoch
         if i == 0:
             order = torch.randperm(len(labels))
         idx = order[i * batch_size : (i + 1) * batch_size]
-        x, y = (images[idx].float() / 255 - MEAN) / STD, labels[idx]
-        logits = net(x.contiguous(memory_format=memory_format))
+        x = ((images[idx].float() / 255 - MEAN) / STD).contiguous(memory_format=memory_format)
+        yield x, labels[idx]
+
+
+def plain_clock(
+    root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool = False, timer=None
+) -> pairing.StepClock:
+    """What one writes by hand: tensors in memory, a permutation per epoch, slice, normalise, step, and the
+    running loss and accuracy one prints at the end of an epoch (visiontrain logs both)."""
+    images, labels = load_mnist(root)
+    total = warmup + steps
+    net, opt, sched = build_training(total, channels_last)
+    clock = pairing.StepClock(warmup, timer)
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for x, y in batches(images, labels, batch_size, total, channels_last):
+        logits = net(x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,7 +137,13 @@ def plain_rate(
         correct += (logits.argmax(1) == y).sum()
         clock.tick()
     assert torch.isfinite(loss_sum) and correct > 0
-    return clock.rate()
+    return clock
+
+
+def plain_rate(
+    root: Path, steps: int, warmup: int = 1, batch_size: int = BATCH_SIZE, channels_last: bool = False
+) -> float:
+    return plain_clock(root, steps, warmup, batch_size, channels_last).rate()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -215,6 +216,49 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def fake_family(name: str, sized: bool, calls: list) -> SimpleNamespace:
+    """A bench family module's interface, its sides recording how they were called."""
+
+    def side(label: str, rate: float):
+        def run(root, steps, warmup=1, channels_last=None, **sizes):
+            calls.append((name, label, steps, warmup, channels_last, sizes))
+            return rate
+
+        if sized:  # bench/throughput.py's plain_rate takes the batch size, the recipes' others do not
+
+            def run_sized(root, steps, warmup=1, batch_size=4, channels_last=None):
+                return run(root, steps, warmup, channels_last, batch_size=batch_size)
+
+            return run_sized
+        return run
+
+    return SimpleNamespace(
+        __doc__=f"{name} bench.\n",
+        FAMILY=name,
+        DESCRIPTION=f"{name} network",
+        DEFAULT_STEPS=7,
+        BATCH_SIZE=4,  # a constant of every family; only a plain_rate that takes it gets --batch-size
+        data_dir=lambda: Path("data"),
+        framework_channels_last=lambda root: True,
+        plain_rate=side("plain", 2.0),
+        framework_rate=side("visiontrain", 1.5),
+    )
+
+
+def test_each_family_script_has_the_run_all_row_as_its_command_line(capsys):
+    calls = []
+    pairing.family_main(fake_family("detection", False, calls), argv=["--rounds", "2", "--no-channels-last"])
+    assert sorted(calls) == sorted([("detection", side, 7, 1, False, {}) for side in ("plain", "visiontrain")] * 2)
+    printed = capsys.readouterr().out
+    assert "detection  detection network, NCHW  1.5" in printed and "0.750" in printed and "2 x 7" in printed
+    with pytest.raises(SystemExit):  # a family whose sides take the recipe's batch has no --batch-size
+        pairing.family_main(fake_family("detection", False, []), argv=["--batch-size", "2"])
+
+    calls.clear()
+    pairing.family_main(fake_family("classification", True, calls), argv=["--rounds", "1", "--batch-size", "2"])
+    assert {call[-1]["batch_size"] for call in calls} == {2} and {call[4] for call in calls} == {True}
 
 
 def test_plain_loops_share_only_the_files_and_the_networks():

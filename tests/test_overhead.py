@@ -153,3 +153,24 @@ def test_a_short_default_run_logs_the_values_it_logged_before(make_config):
         torch.set_num_threads(threads)
     for name, value in RECORDED.items():
         assert metrics[name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_the_hook_name_set_around_every_hook_skips_the_module_checks_and_nothing_else(make_config, monkeypatch):
+    """Lightning sets ``_current_fx_name`` before and after every hook (~45 times a step): set as a plain attribute,
+    not through nn.Module.__setattr__'s Parameter/Buffer/Module checks; every other attribute still goes there."""
+    from hydra.utils import instantiate
+
+    task = instantiate(make_config("train", []).model)
+    probe = torch.nn.Linear(1, 1)
+    through_module = []
+    module_setattr = torch.nn.Module.__setattr__
+
+    def counting(self, name, value):
+        through_module.append(name)
+        module_setattr(self, name, value)
+
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting)
+    task._current_fx_name = "training_step"
+    assert task._current_fx_name == "training_step" and through_module == []
+    task.probe = probe  # a submodule is still registered as one
+    assert through_module == ["probe"] and "probe" in dict(task.named_children())

@@ -87,6 +87,16 @@ class VisionTask(LightningModule):
     # the test-time augmentation of validation and test (visiontrain.tasks.tta); set_tta changes it
     tta: str = "none"
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the running hook here before and after every hook call, ~45 times a training step.
+        # nn.Module.__setattr__ first tests the value against Parameter, Buffer and Module (metaclass checks in
+        # Python): 2.0 us a call here against 0.3 us. The attribute only ever holds a hook's name, never a
+        # parameter, buffer or submodule, so it is set as any plain attribute is.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def __init__(
         self,
         net: nn.Module,
