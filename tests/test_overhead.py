@@ -174,3 +174,34 @@ def test_the_hook_name_set_around_every_hook_skips_the_module_checks_and_nothing
     assert task._current_fx_name == "training_step" and through_module == []
     task.probe = probe  # a submodule is still registered as one
     assert through_module == ["probe"] and "probe" in dict(task.named_children())
+
+
+@pytest.mark.parametrize("redraw_seconds, drawings", [(0, 3), (3600, 1)])
+def test_learning_curves_are_redrawn_when_due_and_at_the_end(make_config, monkeypatch, redraw_seconds, drawings):
+    """A drawing costs ~0.3 s: after every epoch with ``redraw_seconds=0`` (the last epoch's is the end's, which also
+    goes to TensorBoard), otherwise once it is due; always at the end, with every epoch's row, and only once."""
+    import matplotlib.pyplot as plt
+
+    from visiontrain.callbacks import learning_curves
+    from visiontrain.cli.train import train
+
+    drawn = []  # (tag, the epochs drawn)
+
+    def figure(history, monitor):
+        drawn.append([row["epoch"] for row in history])
+        return plt.figure()
+
+    def publish(trainer, name, fig, tag=None):
+        drawn[-1] = (tag, drawn[-1])
+        plt.close(fig)
+
+    monkeypatch.setattr(learning_curves, "learning_curves_figure", figure)
+    monkeypatch.setattr(learning_curves, "publish_figure", publish)
+    cfg = make_config(
+        "train",
+        ["data.val_size=100", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "test=false",
+         f"callbacks.learning_curves.redraw_seconds={redraw_seconds}"],
+    )  # fmt: skip
+    train(cfg)
+    every_epoch = [(None, [1]), (None, [1, 2])]
+    assert drawn == every_epoch[: drawings - 1] + [("train/learning_curves", [1, 2, 3])]

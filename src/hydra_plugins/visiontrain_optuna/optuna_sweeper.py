@@ -161,7 +161,8 @@ class OptunaSweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         spec = storage_spec(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
-        self.storage_ = storage = open_storage(spec, **self.heartbeat)
+        # opened once: the heartbeats of each batch of trials go through it
+        self.study_storage = storage = open_storage(spec, **self.heartbeat)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -200,7 +201,7 @@ class OptunaSweeper(Sweeper):
             trial = optuna.trial.Trial(study, frozen._trial_id)
             self._run_batch(study, [trial], fixed)
 
-        waiting_since = None
+        said_waiting = False
         while True:
             if has_heartbeat(storage):  # trials of killed workers: failed, and queued again by Optuna's callback
                 optuna.storages.fail_stale_trials(study)
@@ -208,13 +209,13 @@ class OptunaSweeper(Sweeper):
             if started < self.n_trials:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
                 self._run_batch(study, trials, fixed)
-                waiting_since = None
+                said_waiting = False
                 continue
             elsewhere = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if not elsewhere or not has_heartbeat(storage):
                 break
-            if waiting_since is None:
-                waiting_since = time.monotonic()
+            if not said_waiting:
+                said_waiting = True
                 log.info("budget spent; waiting for trials %s running in other workers to end", elsewhere)
             time.sleep(storage.get_heartbeat_interval())
 
@@ -270,10 +271,10 @@ class OptunaSweeper(Sweeper):
                 trial.set_user_attr(OVERRIDES, list(launched))
                 trial.set_user_attr(JOB_DIR, str(self.sweep_dir / str(trial.number)))
                 trial.set_user_attr(HOST, socket.gethostname())
-                retried = self.storage_.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+                retried = self.study_storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
                 if retried is not None:
                     log.info("trial #%d runs trial #%d again: its worker stopped", trial.number, retried)
-            with heartbeats(self.storage_, group):
+            with heartbeats(self.study_storage, group):
                 returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
             for trial, ret in zip(group, returns):
                 self._tell(study, trial, ret)
