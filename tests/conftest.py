@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import logging
 import os
+import runpy
+import shutil
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from tests import formats
@@ -16,6 +26,26 @@ from visiontrain.runs.config import compose_config
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # keep tests quiet and light: no rich widgets, one thread is plenty for tiny tensors
 QUIET = ["extras.print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
+
+
+# the quick tier (`make test`) leaves these out; `make test-all` (CI) runs everything
+FULL_TIER_MARKERS = ("slow", "process", "real_data")
+# a quick-tier test over this many seconds is named at the end of every run (a warning, never a failure)
+QUICK_TEST_SECONDS = 10.0
+_slow_quick_tests: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    in_quick_tier = not any(marker in report.keywords for marker in FULL_TIER_MARKERS)
+    if report.when == "call" and in_quick_tier and report.duration > QUICK_TEST_SECONDS:
+        _slow_quick_tests.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _slow_quick_tests:
+        terminalreporter.section(f"quick-tier tests over {QUICK_TEST_SECONDS:.0f} s (make them faster, or mark them)")
+        for seconds, nodeid in sorted(_slow_quick_tests, reverse=True):
+            terminalreporter.write_line(f"warning: {seconds:.1f} s {nodeid}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +72,24 @@ def datasets(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory, datasets) -> Path:
+    """One finished simple_cnn run on the synthetic digits (1 epoch), trained once per test session: tests that
+    evaluate, predict, export or resume a classifier start from its folder (copied where a test writes into it)."""
+    run = tmp_path_factory.mktemp("trained_classifier") / "run"
+    args = ["logger=csv", *QUIET, "data.val_size=100", "data.batch_size=64", "model.net.width=8",
+            "trainer.max_epochs=1", f"hydra.run.dir={run}"]  # fmt: skip
+    result = run_cli("train.py", args, cwd=run.parent, data_dir=datasets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture
+def copied_classifier(trained_classifier, tmp_path) -> Path:
+    """A copy of ``trained_classifier``'s run folder this test may write into."""
+    return Path(shutil.copytree(trained_classifier, tmp_path / "trained_run"))
+
+
 @pytest.fixture
 def make_config(tmp_path, datasets):
     """``make_config("train", ["model=resnet", ...])`` -> a composed config writing into tmp_path/run."""
@@ -56,8 +104,92 @@ def make_config(tmp_path, datasets):
     return make
 
 
+@dataclasses.dataclass
+class CommandResult:
+    """What a command left behind, in the shape of ``subprocess.CompletedProcess``."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def run_cli(script: str, args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 300):
-    """Run ``python <script> args`` as a user would, from ``cwd`` (so outputs/ lands there)."""
+    """Run ``python <script> args`` in this process, as a user would from ``cwd`` (so outputs/ lands there): the
+    script runs as ``__main__`` with its own argv, its output is captured, its exit status kept. What the command
+    changes in the process (Hydra's global state, logging, environment, working folder, threads, signal handlers,
+    warning filters) is put back afterwards (``process_state_restored``). Use ``run_process`` where the process
+    itself is the point (signals, kills, several processes at once, DDP)."""
+    del timeout  # kept for the call sites' symmetry with run_process
+    if any("tests.interrupt.Kill" in arg for arg in args):
+        raise ValueError("a run that kills its own process needs run_process, not run_cli")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    with process_state_restored(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        os.environ.update({"PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"})
+        if data_dir is not None:
+            os.environ["DATA_DIR"] = str(data_dir)
+        os.chdir(cwd)
+        sys.argv = [str(PROJECT_ROOT / script), *args]
+        try:
+            runpy.run_path(str(PROJECT_ROOT / script), run_name="__main__")
+        except SystemExit as exit_:
+            returncode = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if isinstance(exit_.code, str):  # what the interpreter prints for SystemExit("...")
+                print(exit_.code, file=sys.stderr)
+        except BaseException:  # what an uncaught exception does to a process: its traceback, status 1
+            traceback.print_exc(file=sys.stderr)
+            returncode = 1
+    return CommandResult([script, *args], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+@contextlib.contextmanager
+def process_state_restored():
+    """Everything a command run in-process changes about the process, as it was before."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    environ, cwd, argv = dict(os.environ), os.getcwd(), list(sys.argv)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
+    loggers = {name: _logger_state(logging.getLogger(name)) for name in [None, *logging.root.manager.loggerDict]}
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        for name in [None, *logging.root.manager.loggerDict]:
+            logger = logging.getLogger(name)
+            if isinstance(logger, logging.Logger):
+                for handler in set(logger.handlers) - set(loggers.get(name, ((),))[0]):
+                    handler.close()
+                _restore_logger(logger, loggers.get(name, ((), logging.NOTSET, True, False)))
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        os.chdir(cwd)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _logger_state(logger) -> tuple:
+    if not isinstance(logger, logging.Logger):
+        return ((), logging.NOTSET, True, False)
+    return (tuple(logger.handlers), logger.level, logger.propagate, logger.disabled)
+
+
+def _restore_logger(logger: logging.Logger, state: tuple) -> None:
+    handlers, level, propagate, disabled = state
+    logger.handlers[:] = list(handlers)
+    logger.setLevel(level)
+    logger.propagate, logger.disabled = propagate, disabled
+
+
+def run_process(script: str, args: list[str], cwd: Path, data_dir: Path | None = None, timeout: int = 300):
+    """Run ``python <script> args`` as a fresh process, as a user would, from ``cwd`` (so outputs/ lands there)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     if data_dir is not None:
         env["DATA_DIR"] = str(data_dir)

@@ -55,6 +55,7 @@ def markdown_rows(text: str, first_column: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.process
 def test_run_all_quick_gives_a_row_per_family(tmp_path, bench_data):
     """``run_all.py --quick``: one table row per family, positive finite rates and ratios, in the printed table and
     the Markdown file. One torch thread: the test runs on loaded cores, where two threads' waits cost the most."""
@@ -135,6 +136,7 @@ def assert_same_execution(cfg, family, root: Path) -> None:
     assert family.framework_channels_last(root) in (True, False)
 
 
+@pytest.mark.process
 def test_plain_loops_are_written_with_the_recipes_values(tmp_path):
     """The plain loops write the recipes' values out (they share no config code with the framework): they must
     agree with what the framework composes."""

@@ -95,6 +95,7 @@ def test_multirun_one_directory_per_job_and_a_ranked_summary(tmp_path, datasets)
     assert "multirun summary" in result.stdout
 
 
+@pytest.mark.process
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, datasets):
     args = [*QUIET, "debug=fdr"]
     runs = [

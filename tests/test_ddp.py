@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
 
 RUN = [
@@ -20,12 +20,13 @@ RUN = [
 ]
 
 
+@pytest.mark.process
 def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, datasets):
     # data.batch_size is per process: 2 x 16 takes the same optimizer steps as 1 x 32
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     ddp.mkdir(), single.mkdir()
     args = [*RUN, "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=16"]
-    result = run_cli("train.py", args, cwd=ddp, data_dir=datasets)
+    result = run_process("train.py", args, cwd=ddp, data_dir=datasets)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(ddp)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -47,7 +48,7 @@ def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, dataset
     assert {p.name for p in (run / "plots").iterdir()} >= {"learning_curves.png", "confusion_matrix.png"}
 
     # the test metrics cover the whole test split, not rank 0's half: one process on the same weights agrees
-    result = run_cli(
+    result = run_process(
         "eval.py",
         ["extras.print_config=false", f"ckpt_path={metrics['best_model_path']}", "data.val_size=100"],
         cwd=ddp,
@@ -67,9 +68,10 @@ def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, dataset
     assert metrics["test/acc"] == pytest.approx(reference["test/acc"], abs=0.05)
 
 
+@pytest.mark.process
 def test_multirun_of_ddp_jobs_one_folder_per_job(tmp_path, datasets):
     args = ["-m", *RUN, "trainer=ddp_cpu", "trainer.devices=2", "data.batch_size=16", "seed=1,2", "logger=csv"]
-    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
+    result = run_process("train.py", args, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == 0, result.stderr[-3000:]
     # the extra DDP processes ran their job, not a sweep of their own
     assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["multiruns"]

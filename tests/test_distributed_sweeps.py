@@ -131,6 +131,7 @@ def shared_storage(request, tmp_path):
     return f"journal:{tmp_path / 'mnist.log'}"
 
 
+@pytest.mark.process
 def test_two_workers_share_one_study(shared_storage, tmp_path, datasets):
     args = [*SWEEP, f"hydra.sweeper.storage={shared_storage}"]
     workers = [start_worker(args, tmp_path, datasets) for _ in range(2)]  # started at once, same command
@@ -175,6 +176,7 @@ def test_two_workers_share_one_study(shared_storage, tmp_path, datasets):
     assert f"python train.py --config-dir {out} --config-name best" in result.stdout
 
 
+@pytest.mark.process
 def test_killed_worker_loses_nothing(postgres, tmp_path, datasets):
     args = [
         *SWEEP,
@@ -205,6 +207,7 @@ def test_killed_worker_loses_nothing(postgres, tmp_path, datasets):
     assert f"runs trial #{failed.number} again: its worker stopped" in worker_logs(tmp_path)
 
 
+@pytest.mark.process
 def test_workers_opening_an_empty_database_at_once_both_get_the_study(postgres):
     """Optuna creates its tables when a storage is first opened, and two workers doing so at the same moment
     collide in PostgreSQL's catalog (optuna#1092): both must still get the study (it failed 6 times in 8 here)."""

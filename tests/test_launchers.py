@@ -84,6 +84,7 @@ SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID":
               "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
 
 
+@pytest.mark.process
 def test_slurm_requeue_signal_saves_a_checkpoint_the_requeued_job_continues_from(
     tmp_path, datasets, make_config, monkeypatch
 ):

@@ -87,6 +87,7 @@ def train_here(make_config, overrides: list[str]) -> dict[str, float]:
                 torch.distributed.destroy_process_group()
 
 
+@pytest.mark.process
 def test_two_torchrun_nodes_write_one_run_and_resume_it_together(tmp_path, datasets, make_config):
     nodes = start_nodes([*RUN, *TWO_NODES], tmp_path, datasets)
     # meanwhile the reference: one process with both nodes' 32 images per step. Under the DDP strategy even one

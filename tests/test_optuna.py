@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
 from visiontrain.runs.study_report import (
     OVERRIDES,
@@ -100,10 +100,11 @@ def test_failed_trials_are_recorded_and_pruned_trials_stop_early(tmp_path, datas
     assert "Optuna plots not drawn: no completed trial" in result.stdout + result.stderr
 
 
+@pytest.mark.process
 def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path, datasets):
     # trial 1 is killed in its second epoch (7 steps per epoch), with the whole sweep process
     kill = ["+callbacks.kill._target_=tests.interrupt.KillAtStep", "+callbacks.kill.step=10", "+callbacks.kill.job=1"]
-    result = run_cli("train.py", SWEEP + kill, cwd=tmp_path, data_dir=datasets)
+    result = run_process("train.py", SWEEP + kill, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == -9
     (sweep,) = run_dirs(tmp_path, "multiruns")
     assert [t.state for t in study_of(sweep).trials] == [TrialState.COMPLETE, TrialState.RUNNING]

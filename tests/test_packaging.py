@@ -11,6 +11,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from tests import formats
@@ -38,6 +39,7 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
+@pytest.mark.process
 def test_the_wheel_carries_the_configs_and_its_console_script_trains_from_any_folder(tmp_path):
     wheel = build_wheel(tmp_path)
     configs = sorted(f"visiontrain/conf/{p.relative_to(CONFIG_DIR)}" for p in Path(CONFIG_DIR).rglob("*.yaml"))

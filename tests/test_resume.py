@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_cli import assert_one_sentence_error, run_dirs
 from visiontrain.runs.checkpoint_io import AtomicCheckpointIO
 
@@ -36,6 +36,7 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.process
 def test_killed_run_resumes_in_place_and_matches_an_uninterrupted_run(tmp_path, datasets):
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -44,7 +45,7 @@ def test_killed_run_resumes_in_place_and_matches_an_uninterrupted_run(tmp_path, 
     (reference_run,) = run_dirs(reference)
 
     # SIGKILL in epoch 1, after the checkpoint of epoch 0 (15 steps per epoch): no handler runs
-    result = run_cli("train.py", RUN + KILL, cwd=tmp_path, data_dir=datasets)
+    result = run_process("train.py", RUN + KILL, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == -9
     (run,) = run_dirs(tmp_path)
     assert not (run / "metrics.json").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_cli import assert_one_sentence_error, run_dirs
 
 RUN = [
@@ -43,9 +43,12 @@ def test_resume_after_the_last_epoch_keeps_every_metric(tmp_path, datasets):
     assert resumed == pytest.approx(finished, rel=1e-6)
 
 
+@pytest.mark.process
 def test_trial_killed_before_its_test_reports_its_true_value_when_resumed(tmp_path, datasets):
     sweep_args = ["-m", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=2", *RUN, "trainer.max_epochs=1"]
-    result = run_cli("train.py", sweep_args + KILL_AT_TEST + ["+callbacks.kill.job=1"], cwd=tmp_path, data_dir=datasets)
+    result = run_process(
+        "train.py", sweep_args + KILL_AT_TEST + ["+callbacks.kill.job=1"], cwd=tmp_path, data_dir=datasets
+    )
     assert result.returncode == -9
     (sweep,) = run_dirs(tmp_path, "multiruns")
     assert not (sweep / "1" / "metrics.json").exists()
@@ -160,6 +163,7 @@ def test_a_refused_resume_leaves_the_run_folder_untouched(tmp_path, datasets):
         ("last.ckpt", "written", 1, 1),  # epoch_001.ckpt in place, last.ckpt not yet
     ],
 )
+@pytest.mark.process
 def test_a_kill_between_checkpoint_writes_resumes_from_the_newest_complete_one(
     tmp_path, datasets, file, moment, epoch, continued_from
 ):
@@ -169,7 +173,7 @@ def test_a_kill_between_checkpoint_writes_resumes_from_the_newest_complete_one(
         f"+callbacks.kill.moment={moment}",
         f"+callbacks.kill.epoch={epoch}",
     ]
-    result = run_cli("train.py", RUN + kill, cwd=tmp_path, data_dir=datasets)
+    result = run_process("train.py", RUN + kill, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == -9
     (run,) = run_dirs(tmp_path)
     checkpoints = run / "checkpoints"

@@ -17,7 +17,7 @@ from omegaconf import open_dict, read_write
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests import formats
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
 from visiontrain.runs import trackers
 from visiontrain.runs.config import compose_config
@@ -96,10 +96,11 @@ def test_mlflow_beside_tensorboard_holds_the_config_and_the_final_metrics(tmp_pa
     assert checkpoint["callbacks"][RUN_IDS] == {"mlflow": mlflow_run.info.run_id}
 
 
+@pytest.mark.process
 def test_a_killed_run_resumed_in_place_continues_its_mlflow_run(tmp_path, mnist):
     # SIGKILL in epoch 2 (15 steps per epoch), after the checkpoint of epoch 1: the MLflow run is left "running"
     args = [*RUN, "trainer.max_epochs=2", "logger=mlflow", *KILL]
-    result = run_cli("train.py", args, tmp_path, mnist)
+    result = run_process("train.py", args, tmp_path, mnist)
     assert result.returncode == -9
     (run,) = run_dirs(tmp_path)
     client = store(tmp_path)

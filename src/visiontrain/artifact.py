@@ -20,8 +20,12 @@ whatever the exporter adds (``exporter``, ``opset``).
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +93,8 @@ def describe(checkpoint: Mapping[str, Any], source: str) -> ArtifactInfo | None:
     task = str(stored.pop("task", "") or "")
     preprocessing = stored.pop("preprocessing", None) or {}
     configs = {key: current_targets(value) for key, value in stored.items()}
+    for key, value in configs.items():
+        check_targets(value, f"{source}'s {key} config", key)
     names = checkpoint.get("class_names")
     if names is None:  # only ever missing from hand-made files: the model's own numbering
         names = [str(i) for i in range(int((configs.get("model_resolved") or {}).get("num_classes", 0)))]
@@ -123,6 +129,86 @@ def current_targets(config: Any) -> Any:
     if isinstance(config, list):
         return [current_targets(value) for value in config]
     return config
+
+
+# --- what a stored config may build --------------------------------------------------------------
+# A config read from a file (a checkpoint's model and data configs) is instantiated by eval, predict and export:
+# what it may name is allowed here and nowhere else. A `_target_` must lie under one of these module prefixes
+# AND be one of the kinds below, checked before anything is built; positional `_args_` are never written by our
+# configs and are refused. Users who train their own model or data code name its modules in TRUST_ENV.
+TARGET_PREFIXES = ("visiontrain.models.", "visiontrain.tasks.", "visiontrain.data.", "torch.optim.")
+TRUST_ENV = "VISIONTRAIN_TRUSTED_TARGETS"  # comma-separated module prefixes, e.g. "my_models.,my_datamodules."
+# resolvers a stored config may call: ones that only read values (oc.create / oc.decode would turn a string into a
+# config holding a `_target_` after the check)
+SAFE_RESOLVERS = frozenset({"oc.select", "oc.env", "now"})
+RESOLVER_CALL = re.compile(r"\$\{\s*([\w.]+)\s*:")
+
+
+def _buildable_kinds() -> tuple[type, ...]:
+    from lightning import LightningDataModule, LightningModule
+
+    return (
+        torch.nn.Module,
+        LightningModule,
+        LightningDataModule,
+        torch.optim.Optimizer,
+        torch.optim.lr_scheduler.LRScheduler,
+    )
+
+
+def _allowed_builder(target: str, obj: Any) -> bool:
+    """Our own builders: a model family's ``build_*`` function, or a learning-rate schedule of ours."""
+    if not inspect.isfunction(obj) or not obj.__module__.startswith("visiontrain."):
+        return False
+    return (target.startswith("visiontrain.models.") and obj.__name__.startswith("build_")) or target.startswith(
+        "visiontrain.tasks.schedules."
+    )
+
+
+def check_targets(config: Any, source: str, key: str) -> None:
+    """Refuse, in one sentence naming the key, a stored config that would build anything but our model, data,
+    optimizer and schedule objects (TARGET_PREFIXES, the kinds in ``_buildable_kinds``, ``_allowed_builder``)."""
+    if isinstance(config, list):
+        for i, value in enumerate(config):
+            check_targets(value, source, f"{key}[{i}]")
+        return
+    if isinstance(config, str):
+        for resolver in RESOLVER_CALL.findall(config):
+            if resolver not in SAFE_RESOLVERS:
+                raise UserError(
+                    f"{source} was refused: {key} calls the resolver {resolver!r}, "
+                    "which visiontrain does not write into a checkpoint."
+                )
+        return
+    if not isinstance(config, Mapping):
+        return
+    if "_args_" in config:
+        raise UserError(f"{source} was refused: {key}._args_ is not something visiontrain writes into a checkpoint.")
+    target = config.get("_target_")
+    if target is not None:
+        _check_target(target, source, f"{key}._target_" if key else "_target_")
+    for name, value in config.items():
+        if name != "_target_":
+            check_targets(value, source, f"{key}.{name}" if key else str(name))
+
+
+def _check_target(target: Any, source: str, key: str) -> None:
+    trusted = tuple(p.strip() for p in os.environ.get(TRUST_ENV, "").split(",") if p.strip())
+    refused = f"{source} was refused: {key}={target!r} is not a model, data, optimizer or schedule class visiontrain"
+    if not isinstance(target, str) or not target.startswith(TARGET_PREFIXES + trusted):
+        raise UserError(
+            f"{refused} builds (a file from elsewhere may carry code; your own modules can be trusted with "
+            f"{TRUST_ENV}=<module prefix>)."
+        )
+    if target.startswith(trusted):
+        return
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError):
+        raise UserError(f"{source} names {key}={target!r}, which this visiontrain does not have.") from None
+    if not (inspect.isclass(obj) and issubclass(obj, _buildable_kinds())) and not _allowed_builder(target, obj):
+        raise UserError(f"{refused} builds.")
 
 
 def unloadable_reason(err: BaseException) -> str:

@@ -31,15 +31,45 @@ TEST_BATCHES = ("test_batch",)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
+# What the archive's pickles hold (numpy arrays in a dict of bytes and lists, as numpy 1 and 2 name their
+# reconstructor); anything else a pickle names is refused before it is looked up, so no code in the file runs.
+BATCH_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})  # fmt: skip
+
+
+class UnexpectedObject(pickle.UnpicklingError):
+    pass
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that finds only BATCH_GLOBALS (the restricted-unpickler recipe of Python's pickle docs)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in BATCH_GLOBALS:
+            raise UnexpectedObject(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_python_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One pickled batch of the official archive -> (uint8 N x 3 x 32 x 32, labels).
 
     Read here rather than through ``torchvision.datasets.CIFAR10`` because that class insists on
-    the official MD5 of every batch, which rejects re-packed or subset archives with a vague error.
+    the official MD5 of every batch, which rejects re-packed or subset archives with a vague error,
+    and unpickles whatever the file holds.
     """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")  # the format is a Python 2 pickle of bytes keys
+            entry = BatchUnpickler(f, encoding="bytes").load()  # a Python 2 pickle of bytes keys
+    except UnexpectedObject as err:
+        raise UserError(
+            f"{path} holds objects other than the arrays, lists and bytes of a CIFAR-10 python batch ({err}); "
+            "it was not read, as loading it could run code."
+        ) from None
+    except Exception as err:
+        raise UserError(f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err}).") from err
+    try:
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = torch.as_tensor(entry.get(b"labels", entry.get(b"fine_labels")), dtype=torch.long)
     except Exception as err:
