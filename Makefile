@@ -1,15 +1,27 @@
-.PHONY: install test test-all lint format train tensorboard bench clean
+.PHONY: install test test-all coverage lint format train tensorboard bench clean
 
 PYTHON ?= python
 
 install:  ## install the package with its dev tools (editable)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## the fast suite (a few minutes on 2 CPU cores); real-data tests run when DATA_DIR holds the data
-	$(PYTHON) -m pytest -m "not slow" --durations=10
+# the quick tier leaves out three kinds of test (pyproject.toml's markers); test-all runs everything: the in-process
+# tests on two workers, then the ones that start processes and servers of their own, one at a time
+QUICK = not slow and not process and not real_data
 
-test-all:  ## everything, including the slow end-to-end runs
-	$(PYTHON) -m pytest --durations=10
+test:  ## the quick tier: every module's behaviour, in-process (~3 min on 2 CPU cores)
+	$(PYTHON) -m pytest -n 2 -m "$(QUICK)" --durations=15
+
+test-all:  ## everything: the quick tier, long runs, real data (DATA_DIR), real processes and servers (CI runs this)
+	$(PYTHON) -m pytest -n 2 -m "not process" --durations=15
+	$(PYTHON) -m pytest -m process --durations=15
+
+coverage:  ## line coverage of src/ over everything (test-all's two parts), subprocesses included; report in htmlcov/
+	rm -f .coverage .coverage.*
+	$(PYTHON) -m pytest -n 2 -m "not process" --cov --cov-report=
+	$(PYTHON) -m pytest -m process --cov --cov-append --cov-report=
+	$(PYTHON) -m coverage report --skip-covered
+	$(PYTHON) -m coverage html
 
 lint:  ## every Python file of the project: ruff's checks and its formatting, nothing changed
 	$(PYTHON) -m ruff check .
@@ -28,4 +40,4 @@ bench:  ## visiontrain vs plain PyTorch loops (classification, detection, segmen
 	$(PYTHON) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf outputs .pytest_cache .ruff_cache
+	rm -rf outputs .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

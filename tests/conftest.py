@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from tests import formats
+from visiontrain.runs import run_lock
 from visiontrain.runs.config import compose_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,12 @@ FULL_TIER_MARKERS = ("slow", "process", "real_data")
 # a quick-tier test over this many seconds is named at the end of every run (a warning, never a failure)
 QUICK_TEST_SECONDS = 10.0
 _slow_quick_tests: list[tuple[float, str]] = []
+
+
+def pytest_configure(config) -> None:
+    # under pytest-xdist (`make test`: -n 2) each worker keeps to one core's worth of threads
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_runtest_logreport(report) -> None:
@@ -131,6 +138,9 @@ def run_cli(script: str, args: list[str], cwd: Path, data_dir: Path | None = Non
             os.environ["DATA_DIR"] = str(data_dir)
         os.chdir(cwd)
         sys.argv = [str(PROJECT_ROOT / script), *args]
+        # what the interpreter would put on sys.path: the script's folder, then PYTHONPATH (relative to cwd)
+        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = [str(PROJECT_ROOT), *(str(Path(cwd, p).resolve()) for p in extra)]
         try:
             runpy.run_path(str(PROJECT_ROOT / script), run_name="__main__")
         except SystemExit as exit_:
@@ -140,7 +150,16 @@ def run_cli(script: str, args: list[str], cwd: Path, data_dir: Path | None = Non
         except BaseException:  # what an uncaught exception does to a process: its traceback, status 1
             traceback.print_exc(file=sys.stderr)
             returncode = 1
+        interpreter_exit()
     return CommandResult([script, *args], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def interpreter_exit() -> None:
+    """What the interpreter's exit does for a command (its atexit handlers): run folders given back, an open W&B
+    run finished (it prints its "wandb sync" line then)."""
+    run_lock.release_all()
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
 
 
 @contextlib.contextmanager
@@ -149,7 +168,7 @@ def process_state_restored():
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    environ, cwd, argv = dict(os.environ), os.getcwd(), list(sys.argv)
+    environ, cwd, argv, path = dict(os.environ), os.getcwd(), list(sys.argv), list(sys.path)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
     loggers = {name: _logger_state(logging.getLogger(name)) for name in [None, *logging.root.manager.loggerDict]}
@@ -157,6 +176,9 @@ def process_state_restored():
         with warnings.catch_warnings():
             yield
     finally:
+        interpreter_exit()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
         for name in [None, *logging.root.manager.loggerDict]:
@@ -170,7 +192,7 @@ def process_state_restored():
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         os.chdir(cwd)
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, path
         os.environ.clear()
         os.environ.update(environ)
 

@@ -39,6 +39,7 @@ def test_slurm_launcher_config_composes():
     assert launcher["timeout_min"] > 0 and launcher["signal_delay_s"] > 0
 
 
+@pytest.mark.process  # each launcher starts its jobs as processes of its own
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_local_launchers_run_two_jobs_in_their_own_directories(tmp_path, datasets, launcher):
     args = ["-m", f"hydra/launcher={launcher}", "seed=1,2", "data.val_size=100", "trainer.max_epochs=1",

@@ -192,7 +192,6 @@ def test_a_kill_between_checkpoint_writes_resumes_from_the_newest_complete_one(
 
 
 def test_a_run_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path, datasets):
-    import os
     import socket
     import subprocess
 
@@ -201,10 +200,15 @@ def test_a_run_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path
     folder = tmp_path / "shared"
     folder.mkdir()
     lock = folder / ".lock"
-    # a live owner: this test's own process
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}))
-    result = run_cli("train.py", [*RUN, f"hydra.run.dir={folder}"], cwd=tmp_path, data_dir=datasets)
-    assert_one_sentence_error(result, f"{folder} is in use by another run (process {os.getpid()} on ")
+    # a live owner: another process on this host
+    owner = subprocess.Popen(["sleep", "120"])
+    try:
+        lock.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(), "started": _start_time(owner.pid)}))
+        result = run_cli("train.py", [*RUN, f"hydra.run.dir={folder}"], cwd=tmp_path, data_dir=datasets)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert_one_sentence_error(result, f"{folder} is in use by another run (process {owner.pid} on ")
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing written by the refused run
 
     # the owner has ended (SIGKILL: no handler removed its lock): the next run takes the folder over
@@ -220,6 +224,7 @@ def test_a_run_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path
     assert (folder / "metrics.json").is_file() and not lock.exists()  # given back at the end
 
 
+@pytest.mark.process
 def test_single_node_ddp_store_listens_on_loopback_only(tmp_path, datasets):
     probe = tmp_path / "store.json"
     args = [
@@ -231,7 +236,7 @@ def test_single_node_ddp_store_listens_on_loopback_only(tmp_path, datasets):
         "+callbacks.probe._target_=tests.probes.StoreAddresses",
         f"+callbacks.probe.file={probe}",
     ]
-    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
+    result = run_process("train.py", args, cwd=tmp_path, data_dir=datasets)
     assert result.returncode == 0, result.stderr[-3000:]
     addresses = json.loads(probe.read_text())["addresses"]
     # 0100007F: 127.0.0.1 (little-endian hex); all interfaces would be 00000000 or the IPv6 ::

@@ -177,6 +177,7 @@ def test_bf16_mixed_precision_on_cpu(make_config):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
+@pytest.mark.slow  # inductor compiles the network on the CPU: ~35 s on 2 cores
 def test_compile_on_cpu_keeps_checkpoint_keys(make_config):
     cfg = make_config(
         "train",

@@ -62,7 +62,7 @@ def variants(marker: Path) -> dict[str, callable]:
         configs["model"]["net"]["width"] = "${oc.create:{_target_: torch.load, f: x}}"
 
     def our_module_but_not_a_builder(configs):  # inside visiontrain, yet not a model, data or optimizer class
-        configs["model_resolved"]["net"] = {"_target_": "visiontrain.data.manifest.build", "contents": {}, "dataset": "x"}
+        configs["model_resolved"]["net"] = {"_target_": "visiontrain.data.manifest.build", "contents": {}}
 
     return {f.__name__: f for f in (top, nested_net, partial, in_a_list, positional_args, data_config, resolver,
                                     our_module_but_not_a_builder)}  # fmt: skip

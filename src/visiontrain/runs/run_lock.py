@@ -142,6 +142,7 @@ def release(run_dir: str | Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """What the end of the process does: give back every folder it still holds."""
     for run_dir in list(_held):
         release(run_dir)
