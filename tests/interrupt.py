@@ -101,3 +101,22 @@ class KillAtCheckpointWrite(Callback):
                 return real_replace(src, dst, *args, **kwargs)
 
             os.replace = replace
+
+
+class SignalAtStep(Callback):
+    """Send the own process the signal ``name`` (SIGTERM, SIGINT) once ``step`` optimizer steps are done, as a
+    scheduler or Ctrl+C would: the process's handlers run. ``job``: only in the multirun job with this number."""
+
+    def __init__(self, step: int, name: str, job: int | None = None) -> None:
+        self.step, self.signum, self.job = step, signal.Signals[name], job
+        self.sent = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.job is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.get().job.num != self.job:
+                return
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)

@@ -111,11 +111,51 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, datasets):
         (["data.batch_size=0"], ["data.batch_size=0", "1 or more"]),
         (["trainer.max_epochs=-1"], ["trainer.max_epochs=-1", "model.scheduler=null"]),
         (["trainer.max_epochs=-3"], ["trainer.max_epochs=-3"]),
+        (["model.optimizer.lr=-1"], ["model.optimizer.lr=-1", "above 0"]),
+        (["data.val_size=1.5"], ["data.val_size=1.5", "whole number of images"]),
+        (["-m", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=-2"], ["hydra.sweeper.n_trials=-2"]),
+        (
+            ["-m", "hparams_search=mnist_optuna", "hydra.sweeper.storage=journal:/no/such/folder/j.log"],
+            ["hydra.sweeper.storage=journal:/no/such/folder/j.log", "the folder /no/such/folder does not exist"],
+        ),
+        (
+            ["-m", "hparams_search=mnist_optuna", "hydra.sweeper.storage=postgresql://me:s3cret@127.0.0.1:9/db"],
+            ["hydra.sweeper.storage=postgresql://me:***@127.0.0.1:9/db", "cannot be opened"],
+        ),
     ],
 )
 def test_bad_values_get_one_sentence(tmp_path, datasets, args, fragments):
-    result = run_cli("train.py", [*RUN, *args], cwd=tmp_path, data_dir=datasets)
+    flags = [a for a in args if a == "-m"]  # Hydra reads its flags before the overrides
+    result = run_cli("train.py", [*flags, *RUN, *(a for a in args if a != "-m")], cwd=tmp_path, data_dir=datasets)
     assert_one_sentence_error(result, *fragments)
+    assert "s3cret" not in result.stdout + result.stderr
+    for written in tmp_path.rglob("*.yaml"):  # a sweep's multirun.yaml is written before its storage is opened
+        assert "s3cret" not in written.read_text(), written
+
+
+def test_a_validation_share_is_below_one(make_config):
+    from visiontrain.errors import UserError
+    from visiontrain.runs.config import check_values
+
+    with pytest.raises(UserError, match=r"data.val_fraction=1.5: give the share of training images .* below 1"):
+        check_values(make_config("train", ["data=imagefolder", "data.root=.", "data.val_fraction=1.5"]))
+
+
+def test_a_jobs_hydra_record_keeps_no_storage_password(tmp_path):
+    from omegaconf import OmegaConf
+
+    from visiontrain.runs.hydra_callbacks import PasswordsMasked
+
+    url = "postgresql://me:s3cret@db.example:5432/studies"
+    hydra = {"sweeper": {"storage": url}, "output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)},
+             "overrides": {"hydra": [f"hydra.sweeper.storage={url}"], "task": ["seed=1"]}}  # fmt: skip
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), tmp_path / ".hydra" / "hydra.yaml")
+    PasswordsMasked().on_job_start(OmegaConf.create({"hydra": hydra}))
+    record = OmegaConf.load(tmp_path / ".hydra" / "hydra.yaml")
+    assert record.hydra.sweeper.storage == "postgresql://me:***@db.example:5432/studies"
+    assert list(record.hydra.overrides.hydra) == ["hydra.sweeper.storage=postgresql://me:***@db.example:5432/studies"]
+    assert list(record.hydra.overrides.task) == ["seed=1"]
 
 
 def bad_checkpoints(folder: Path) -> dict[str, Path]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import socket
 import threading
 import time
@@ -56,7 +57,14 @@ from visiontrain.runs.study_report import (
     trial_overrides,
     write_study_report,
 )
-from visiontrain.runs.study_storage import has_heartbeat, open_storage, printable, storage_spec
+from visiontrain.runs.study_storage import (
+    StorageUnavailable,
+    has_heartbeat,
+    open_storage,
+    printable,
+    storage_spec,
+    without_passwords,
+)
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -141,8 +149,12 @@ class OptunaSweeper(Sweeper):
             "grace_period": grace_period,
             "max_retry": max_retry,
         }
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                # a sweeper's error would reach the user as Hydra's traceback: exit with the sentence instead
+                raise SystemExit(f"error: hydra.sweeper.{key}={value}: give a whole number, 1 or more.")
         self.n_trials = n_trials
-        self.n_jobs = max(1, n_jobs)
+        self.n_jobs = n_jobs
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
         self.sampler_config, self.pruner_config = sampler, pruner
 
@@ -159,10 +171,13 @@ class OptunaSweeper(Sweeper):
         if not space:
             raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        OmegaConf.save(without_passwords(self.config), self.sweep_dir / "multirun.yaml")
         spec = storage_spec(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
         # opened once: the heartbeats of each batch of trials go through it
-        self.study_storage = storage = open_storage(spec, **self.heartbeat)
+        try:
+            self.study_storage = storage = open_storage(spec, **self.heartbeat)
+        except StorageUnavailable as err:
+            raise SystemExit(f"error: {err}") from None
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -192,6 +207,25 @@ class OptunaSweeper(Sweeper):
         for name, dist in space.items():
             log.info("\t%s: %s", name, dist)
 
+        try:
+            self._run_trials(study, space, fixed)
+        except SystemExit as stop:
+            # a job stopped by SIGTERM or SIGINT (status 128 + signal, visiontrain.callbacks.signals): its trial stays
+            # RUNNING with its checkpoint, so resume=<sweep dir> continues it; what finished is summarised first
+            if not isinstance(stop.code, int) or stop.code < 128:
+                raise
+            log.error(
+                "the sweep stopped by %s; summary.csv holds the trials that finished; continue it with the same "
+                "command and resume=%s",
+                signal.Signals(stop.code - 128).name,
+                self.sweep_dir,
+            )
+            self.hydra_context.callbacks.on_multirun_end(config=self.config)
+            raise
+        self._finish(study, metric, fixed)
+
+    def _run_trials(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
+        storage = self.study_storage
         # trials a killed sweep left running in this folder: run again under their number and folder (each
         # continues from its last checkpoint when resume=<sweep dir> is given), before any new trial
         interrupted = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if self._ours(t)]
@@ -219,6 +253,7 @@ class OptunaSweeper(Sweeper):
                 log.info("budget spent; waiting for trials %s running in other workers to end", elsewhere)
             time.sleep(storage.get_heartbeat_interval())
 
+    def _finish(self, study: optuna.Study, metric: str | None, fixed: list[str]) -> None:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
             best = study.best_trial

@@ -7,6 +7,7 @@ against the spec), callbacks, loggers, trainer -> fit -> test on the best checkp
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain.callbacks.checkpoint_state import ArtifactInCheckpoint, MetricsInCheckpoint, RandomStateInCheckpoint
+from visiontrain.callbacks.signals import CheckpointOnSignal
 from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
@@ -65,6 +67,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     configs["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     record = MetricsInCheckpoint()
     callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record, trackers.TrackerRunsInCheckpoint()]
+    signals = CheckpointOnSignal(Path(cfg.paths.output_dir) / "checkpoints")
+    callbacks.append(signals)
     callbacks.append(console.RunHeader(config.choice(cfg, "data"), config.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
@@ -76,7 +80,21 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
     records.log_config_hyperparameters(cfg, trainer.loggers)
 
+    try:
+        metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path, record)
+    except SystemExit:  # how Lightning ends a fit or test stopped by SIGTERM or SIGINT
+        if signals.stopped is None:
+            raise
+        console.log_stop(signals.stopped.sentence(cfg.paths.output_dir, resume.is_multirun()))
+        raise SystemExit(signals.stopped.exit_status) from None
+    records.record_results(cfg, trainer, metrics, trainer.loggers)
+    return metrics
+
+
+def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, record) -> dict[str, float]:
+    """Fit (fresh, from ``ckpt_path``, or resumed in place), then test the best checkpoint: the final metrics."""
     metrics: dict[str, float] = {}
+    spec = datamodule.spec
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # a run resumed after its last epoch logs nothing new: its record comes from the checkpoint it resumed
@@ -91,8 +109,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
         metrics.update(records.scalar_metrics(trainer.callback_metrics))
         console.log_test_metrics(metrics, Path(tested).name if tested else "weights after training")
-
-    records.record_results(cfg, trainer, metrics, trainer.loggers)
     return metrics
 
 
@@ -129,7 +145,11 @@ def main() -> None:
         sys.argv[1:] = args
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
-    run()
+    try:
+        run()
+    except KeyboardInterrupt:  # Ctrl+C outside a fit or test (those end in visiontrain.callbacks.signals)
+        print("stopped by SIGINT", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 if __name__ == "__main__":

@@ -66,6 +66,20 @@ def check_values(cfg: DictConfig) -> None:
     workers = OmegaConf.select(cfg, "data.num_workers", default=None)
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise UserError(f"data.num_workers={workers}: give 0 (load in the main process) or more worker processes.")
+    for key in ("data.val_size", "data.test_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserError(f"{key}={value}: give a whole number of images, 0 or more.")
+    fraction = OmegaConf.select(cfg, "data.val_fraction", default=None)
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1
+    ):
+        raise UserError(
+            f"data.val_fraction={fraction}: give the share of training images to validate on, 0 to below 1."
+        )
+    lr = OmegaConf.select(cfg, "model.optimizer.lr", default=None)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
+        raise UserError(f"model.optimizer.lr={lr}: give a learning rate above 0 (e.g. 0.01).")
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     if epochs is not None and (not isinstance(epochs, int) or epochs < -1):
         raise UserError(f"trainer.max_epochs={epochs}: give a number of epochs, 1 or more (-1: no limit).")

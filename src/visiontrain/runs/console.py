@@ -256,6 +256,12 @@ class EpochLine(Callback):
         self._epoch = None
 
 
+def log_stop(sentence: str) -> None:
+    """A run stopped by a signal: the line on stderr (where a scheduler's log keeps it) and in the run's log."""
+    log.error(sentence, extra={"console": False})
+    print(sentence, file=sys.stderr, flush=True)
+
+
 def log_test_metrics(metrics: Mapping[str, Any], source: str) -> None:
     line = metric_line(metrics, ("test",))
     if line:

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.runs import run_groups
+from visiontrain.runs import run_groups, study_storage
 
 log = logging.getLogger("visiontrain")
 
@@ -123,3 +123,16 @@ class SweepSummary(Callback):
         mode = self.mode or config.get("monitor_mode") or "max"
         path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
         log.info("sweep summary written to %s", path)
+
+
+class PasswordsMasked(Callback):
+    """A job's ``.hydra/hydra.yaml`` (written by Hydra as the job starts) keeps the study storage's URL without its
+    password; the sweep's own multirun.yaml is written masked by the sweeper."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        if not isinstance(storage, str) or study_storage.printable(storage) == storage:
+            return
+        record = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir) / "hydra.yaml"
+        if record.is_file():
+            OmegaConf.save(study_storage.without_passwords(OmegaConf.load(record)), record)

@@ -14,15 +14,40 @@ callback and by ``python -m visiontrain.sweep_report``.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 JOURNAL = "journal:"
+
+
+class StorageUnavailable(Exception):
+    """The study's storage cannot be opened; the message is one sentence naming it (password masked)."""
+
+
+def without_passwords(config: Any) -> Any:
+    """A copy of a config for writing to disk (the sweep's multirun.yaml, a job's .hydra/hydra.yaml) with the
+    storage URL's password masked, in ``sweeper.storage`` and in the command line's Hydra overrides; the jobs read
+    the real URL from memory. ``config`` is a whole config (with ``hydra``) or a Hydra config."""
+    from omegaconf import OmegaConf
+
+    masked = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    hydra = masked.hydra if "hydra" in masked else masked
+    storage = OmegaConf.select(hydra, "sweeper.storage", default=None)
+    if isinstance(storage, str):
+        hydra.sweeper.storage = printable(storage)
+    overrides = OmegaConf.select(hydra, "overrides.hydra", default=None) or []
+    for i, override in enumerate(overrides):
+        name, sep, value = str(override).partition("=")
+        if sep and name.lstrip("+~") == "hydra.sweeper.storage":
+            overrides[i] = f"{name}={printable(value)}"
+    return masked
 
 
 def storage_spec(storage: str | None, sweep_dir: str | Path, cwd: str | Path | None = None) -> str:
@@ -53,10 +78,21 @@ def open_storage(
     if spec.startswith(JOURNAL):
         path = Path(spec[len(JOURNAL) :])
         if not path.parent.is_dir():
-            raise FileNotFoundError(f"hydra.sweeper.storage={spec}: the folder {path.parent} does not exist")
+            raise StorageUnavailable(f"hydra.sweeper.storage={spec}: the folder {path.parent} does not exist.")
         return JournalStorage(JournalFileBackend(str(path)))
     if spec.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
         spec = "postgresql+psycopg://" + spec[len("postgresql://") :]  # default is (psycopg2 before 2.1)
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return _open_rdb(spec, heartbeat_interval, grace_period, max_retry)
+    except OperationalError as err:  # no server there, refused, wrong password: the driver's first line says which
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        where = printable(spec.replace("postgresql+psycopg://", "postgresql://"))
+        raise StorageUnavailable(f"hydra.sweeper.storage={where}: the database cannot be opened ({reason}).") from None
+
+
+def _open_rdb(spec: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None):
     if not heartbeat_interval:
         return _opened_while_others_create_tables(lambda: optuna.storages.get_storage(spec))
     return _opened_while_others_create_tables(
@@ -89,11 +125,14 @@ def _opened_while_others_create_tables(open_rdb: Callable[[], BaseStorage], atte
 
 def printable(spec: str) -> str:
     """The storage for a log line: a database URL without its password."""
-    if spec.startswith(JOURNAL) or "://" not in spec:
+    if spec.startswith(JOURNAL) or "://" not in spec or "${" in spec:
         return spec
     from sqlalchemy.engine import make_url
 
-    return make_url(spec).render_as_string(hide_password=True)
+    try:
+        return make_url(spec).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: mask what looks like user:password@
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", spec)
 
 
 def has_heartbeat(storage: BaseStorage) -> bool:
