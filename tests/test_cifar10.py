@@ -72,7 +72,7 @@ def test_second_start_reads_the_cache_and_a_changed_file_rebuilds_it(tmp_path):
 
 
 def test_no_cache_dir_decodes_every_time_and_writes_nothing(tmp_path):
-    png = formats.write_cifar_png(tmp_path / "png", n_train=40, n_test=10)
+    png = formats.write_cifar_png(tmp_path / "png", n_train=80, n_test=10)
     dm = cifar_png(png, None)
     dm.setup("fit")
     assert dm.cache_used == {}
@@ -80,14 +80,14 @@ def test_no_cache_dir_decodes_every_time_and_writes_nothing(tmp_path):
 
 
 def test_an_unreadable_cache_file_is_decoded_again(tmp_path):
-    png = formats.write_cifar_png(tmp_path / "png", n_train=40, n_test=10)
+    png = formats.write_cifar_png(tmp_path / "png", n_train=80, n_test=10)
     cifar_png(png, tmp_path / "cache").setup("fit")
     for path in (tmp_path / "cache").glob("*.pt"):
         path.write_bytes(b"not a torch file")
     dm = cifar_png(png, tmp_path / "cache")
     dm.setup("fit")
     assert dm.cache_used == {"train": False, "test": False}
-    assert len(dm.train_set) == 20 and len(dm.test_set) == 10
+    assert len(dm.train_set) == 60 and len(dm.test_set) == 10
 
 
 def test_small_unbalanced_test_split_and_no_validation_split_are_accepted(tmp_path, caplog):

@@ -78,6 +78,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
+    config.record_precision(cfg, trainer)
     records.log_config_hyperparameters(cfg, trainer.loggers)
 
     try:

@@ -22,7 +22,7 @@ from visiontrain.data.augmentation import image_classification_transforms
 from visiontrain.data.base import IMAGENET_MEAN, IMAGENET_STD, SplitDataModule, load_rgb
 from visiontrain.data.manifest import SplitContent
 from visiontrain.data.samplers import checked_sampler
-from visiontrain.data.splits import checked_folds, fold_split
+from visiontrain.data.splits import check_every_class_present, checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -199,3 +199,6 @@ class ImageFolderDataModule(RGBClassificationDataModule):
                 )
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        labels = {split: dataset_labels(dataset) for split, dataset in splits.items() if dataset is not None}
+        check_every_class_present(str(self.root), self.class_names, labels)

@@ -24,7 +24,7 @@ from visiontrain.data.base import SplitDataModule
 from visiontrain.data.batch_transforms import BatchAugment
 from visiontrain.data.manifest import SplitContent
 from visiontrain.data.samplers import checked_sampler
-from visiontrain.data.splits import checked_folds, fold_split
+from visiontrain.data.splits import check_every_class_present, checked_folds, fold_split
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,11 @@ class InMemoryClassificationDataModule(SplitDataModule):
             len(self.test_set),
             self.test_split_note(len(self.test_set)),
         )
-        for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        labels = {split: dataset.labels.tolist() for split, dataset in splits.items() if dataset is not None}
+        names = self.class_names or tuple(str(i) for i in range(self.num_classes))
+        check_every_class_present(self.name, names, labels)
+        for split, dataset in splits.items():
             if dataset is not None:
                 counts = torch.bincount(dataset.labels, minlength=self.num_classes).tolist()
                 # in the run's log file, not on the console: ten numbers per split are for looking up

@@ -4,6 +4,7 @@ saving config.yaml, instantiating a callbacks/logger group."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain.errors import UserError
 from visiontrain.runs import console, folders  # noqa: F401 (folders registers the resolvers conf/hydra uses)
+
+log = logging.getLogger("visiontrain")
 
 # conf/ at the project root, reached through the package's conf symlink; a wheel holds a copy (pyproject.toml)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -120,6 +123,23 @@ def save_config(cfg: DictConfig) -> None:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     if (cfg.get("extras") or {}).get("print_config"):
         print_config(cfg)
+
+
+# Lightning's short precision names and the full ones its Trainer reports
+PRECISION_NAMES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true", "half": "16-true"}
+
+
+def record_precision(cfg: DictConfig, trainer: Any) -> None:
+    """The precision that runs, in config.yaml: Lightning may run another than asked (16-mixed on a CPU runs as
+    bf16-mixed), and the record says what ran."""
+    asked = str(OmegaConf.select(cfg, "trainer.precision", default="32"))
+    ran = str(trainer.precision)
+    if PRECISION_NAMES.get(asked, asked) == ran:
+        return
+    log.warning("trainer.precision=%s runs as %s on this machine; config.yaml records %s", asked, ran, ran)
+    with open_dict(cfg):
+        cfg.trainer.precision = ran
+    save_config(cfg)
 
 
 @rank_zero_only

@@ -62,6 +62,7 @@ def resume_command_line(args: list[str]) -> list[str]:
 
     original = [str(o) for o in OmegaConf.load(overrides_file)]
     typed = [a for a in args if not a.startswith("-")]
+    check_unchanged_training(value, original, typed)
     replaced = set(_override_keys(typed)) | {(key, None) for key in NOT_INHERITED}
     kept = [o for o, key in zip(original, _override_keys(original)) if key not in replaced]
 
@@ -75,6 +76,29 @@ def resume_command_line(args: list[str]) -> list[str]:
         if (run_dir / ".hydra" / name).is_file():
             shutil.copy2(run_dir / ".hydra" / name, attempt / name)
     return kept + args
+
+
+# what a run was trained with: a resumed run continues it as it was, so these may not change on resume (the
+# checkpoint's weights, optimizer and schedule would go on regardless while config.yaml said otherwise)
+FIXED_ON_RESUME = ("model", "data", "experiment", "seed", "trainer.precision", "finetune", "init_from")
+
+
+def check_unchanged_training(value: str, original: list[str], typed: list[str]) -> None:
+    """Refuse, in one sentence naming them, overrides typed with ``resume=`` that change what was trained; the same
+    value as the original command line, and anything else (epochs, callbacks, loggers, test) is taken."""
+    changed = [
+        override
+        for override, (key, _) in zip(typed, _override_keys(typed))
+        if any(key.lstrip("+~") == fixed or key.lstrip("+~").startswith(fixed + ".") for fixed in FIXED_ON_RESUME)
+        and override not in original
+    ]
+    if changed:
+        raise UserError(
+            f"resume={value} continues the run as it was trained, and {' '.join(changed)} would change what it "
+            f"trains while its checkpoint goes on as before; start a new run from its checkpoint instead: "
+            f"python train.py ckpt_path={Path(value) / LAST_CHECKPOINT} {' '.join(changed)} (with its other "
+            "overrides)."
+        )
 
 
 BOTH_GIVEN = (
