@@ -52,7 +52,9 @@ def test_killed_run_resumes_in_place_and_matches_an_uninterrupted_run(tmp_path, 
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
 
     # only the run directory is given: the original overrides come back, callbacks.kill=null drops one
-    result = run_cli("train.py", [f"resume={run}", "callbacks.kill=null"], cwd=tmp_path, data_dir=datasets)
+    # a process of its own, as a user's resume is: run in the test's process, the TensorBoard comparison below
+    # failed in 1 of 3 tries (the curve read back from step 15), not seen in 4 of 4 as a process
+    result = run_process("train.py", [f"resume={run}", "callbacks.kill=null"], cwd=tmp_path, data_dir=datasets)
     assert result.returncode == 0, result.stderr[-3000:]
     assert run_dirs(tmp_path) == [run]
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
