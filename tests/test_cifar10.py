@@ -90,6 +90,30 @@ def test_an_unreadable_cache_file_is_decoded_again(tmp_path):
     assert len(dm.train_set) == 60 and len(dm.test_set) == 10
 
 
+def test_a_cache_changed_on_disk_is_decoded_again_never_trained_on(tmp_path, caplog):
+    """Bytes changed inside a cache file that still loads, or another split's file copied over it: the checksum
+    and the key stored with the arrays tell, and the split is decoded again from the PNGs."""
+    png = formats.write_cifar_png(tmp_path / "png", n_train=80, n_test=10)
+    first = cifar_png(png, tmp_path / "cache")
+    first.setup("fit")
+    (train_file,) = (tmp_path / "cache").glob("*-train-*.pt")
+    (test_file,) = (tmp_path / "cache").glob("*-test-*.pt")
+    entry = torch.load(train_file, weights_only=True)
+    entry["images"][3, 0, 5, 5] ^= 0xFF  # one pixel of one image, the file otherwise intact
+    torch.save(entry, train_file)
+    test_file.write_bytes(train_file.read_bytes())  # a whole file in the wrong place
+    with caplog.at_level(logging.WARNING):
+        again = cifar_png(png, tmp_path / "cache")
+        again.setup("fit")
+    assert again.cache_used == {"train": False, "test": False}
+    assert caplog.text.count("does not match its checksum") == 2
+    assert torch.equal(again.train_set.images, first.train_set.images)
+    assert torch.equal(again.test_set.images, first.test_set.images)
+    third = cifar_png(png, tmp_path / "cache")  # written again, whole: the next start uses it
+    third.setup("fit")
+    assert third.cache_used == {"train": True, "test": True}
+
+
 def test_small_unbalanced_test_split_and_no_validation_split_are_accepted(tmp_path, caplog):
     png = formats.write_cifar_png(tmp_path / "png", n_train=60, n_test=30)
     for path in sorted((png / "test" / "airplane").iterdir())[1:]:

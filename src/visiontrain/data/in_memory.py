@@ -66,7 +66,9 @@ class DecodedCache:
     One file per (dataset, source folder, split), named with the fingerprint of its source files, so a
     change to any of them (name, size, mtime) makes the old file stale: it is deleted and the split
     decoded again. Written to a temporary file and renamed, so a crash never leaves half a cache;
-    read with ``weights_only=True``.
+    read with ``weights_only=True``. Each file carries the key it was built for (its name) and a checksum of
+    its arrays: a file changed on disk afterwards (bytes flipped, another split copied over it) is decoded
+    again with one warning, never trained on.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -83,10 +85,19 @@ class DecodedCache:
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
-            return entry["images"], entry["labels"]
+            images, labels = entry["images"], entry["labels"]
         except Exception as err:  # unreadable or from another version: decode again
             log.warning("ignoring the unreadable cache %s (%s: %s)", path, type(err).__name__, err)
             return None
+        if "checksum" not in entry:  # written before caches carried one
+            log.info("the decoded-image cache %s has no checksum: decoding again", path)
+            return None
+        if entry.get("key") != path.name or entry["checksum"] != checksum(images, labels):
+            log.warning(
+                "the decoded-image cache %s does not match its checksum (changed on disk?): decoding again", path
+            )
+            return None
+        return images, labels
 
     def save(self, path: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
         try:
@@ -94,10 +105,20 @@ class DecodedCache:
             for stale in self.directory.glob(f"{prefix}*.pt"):
                 stale.unlink(missing_ok=True)
             temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save({"images": images.contiguous(), "labels": labels}, temporary)
+            images = images.contiguous()
+            entry = {"images": images, "labels": labels, "key": path.name, "checksum": checksum(images, labels)}
+            torch.save(entry, temporary)
             os.replace(temporary, path)
         except OSError as err:  # a read-only or full disk costs the next start time, not this run
             log.warning("could not write the decoded-image cache %s (%s)", path, err)
+
+
+def checksum(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """BLAKE2b of the arrays' bytes (hashlib: one pass over the memory, no copy of a contiguous tensor)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (images, labels):
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
