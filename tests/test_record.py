@@ -3,6 +3,7 @@ it; config.yaml says the precision that ran."""
 
 from __future__ import annotations
 
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import run_cli
@@ -73,3 +74,26 @@ def test_an_empty_class_is_one_sentence_for_every_classification_source(tmp_path
     with caplog.at_level(logging.WARNING):
         train(make_config("train", [*cifar, "debug=fdr"]))
     assert "CIFAR-10: no test images of cat; their test scores are left out" in caplog.text
+
+
+def test_a_full_disk_while_checkpointing_is_one_sentence_and_keeps_the_written_ones(tmp_path, datasets, monkeypatch):
+    import errno
+
+    from tests.test_run_integrity import RUN
+    from visiontrain.runs import checkpoint_io
+
+    real_save, calls = checkpoint_io.torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # epoch 1 writes one file (last.ckpt links to it); the disk is full after
+        calls.append(f)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", save)
+    result = run_cli("train.py", RUN, cwd=tmp_path, data_dir=datasets)
+    monkeypatch.undo()
+    assert_one_sentence_error(result, "no space left on the device to write", "the checkpoints already written are")
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.ckpt", "last.ckpt"]  # no .tmp left
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

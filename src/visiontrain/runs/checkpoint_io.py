@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
+
+from visiontrain.errors import UserError
 
 # read once: os.umask can only be read by setting it
 _UMASK = os.umask(0)
@@ -44,8 +47,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it owner-only
             os.replace(temporary, target)
-        except BaseException:
+        except BaseException as err:
             Path(temporary).unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"no space left on the device to write {target} ({err.strerror}); the checkpoints already "
+                    f"written are intact: free some space and continue with resume={target.parent.parent}."
+                ) from None
             raise
 
 
