@@ -16,13 +16,13 @@ test-all:  ## everything: the quick tier, long runs, real data (DATA_DIR), real 
 	$(PYTHON) -m pytest -n 2 -m "not process" --durations=15
 	$(PYTHON) -m pytest -m process --durations=15
 
-# COVERAGE_FILE: the processes tests start (in folders of their own) write their data beside the project's
+# COVERAGE_FILE: the processes tests start (in folders of their own) write their data beside the project's, where
+# pytest-cov combines them
 coverage: export COVERAGE_FILE = $(CURDIR)/.coverage
 coverage:  ## line coverage of src/ over everything (test-all's two parts), subprocesses included; report in htmlcov/
 	rm -f .coverage .coverage.*
 	$(PYTHON) -m pytest -n 2 -m "not process" --cov --cov-report=
 	$(PYTHON) -m pytest -m process --cov --cov-append --cov-report=
-	$(PYTHON) -m coverage combine --append -q || true
 	$(PYTHON) -m coverage report --skip-covered
 	$(PYTHON) -m coverage html
 

@@ -176,7 +176,6 @@ def process_state_restored():
         with warnings.catch_warnings():
             yield
     finally:
-        interpreter_exit()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         GlobalHydra.instance().clear()
@@ -184,9 +183,10 @@ def process_state_restored():
         for name in [None, *logging.root.manager.loggerDict]:
             logger = logging.getLogger(name)
             if isinstance(logger, logging.Logger):
-                for handler in set(logger.handlers) - set(loggers.get(name, ((),))[0]):
+                state = loggers.get(name, _logger_state(None))  # a logger the command created: as if new
+                for handler in set(logger.handlers) - set(state[0]):
                     handler.close()
-                _restore_logger(logger, loggers.get(name, ((), logging.NOTSET, True, False)))
+                _restore_logger(logger, state)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from pathlib import Path
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-LAST_CHECKPOINT = "last.ckpt"
+from visiontrain.runs.resume import LAST_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Stop:
         name = signal.Signals(self.signum).name
         where = f"stopped by {name} at epoch {self.epoch} step {self.step}"
         if multirun:  # a sweep job: the sweep continues it with resume=<sweep dir>
-            return f"{where}; a checkpoint of this trial is in {Path(run_dir) / 'checkpoints' / LAST_CHECKPOINT}"
+            return f"{where}; a checkpoint of this trial is in {Path(run_dir) / LAST_CHECKPOINT}"
         return f"{where}; resume with: python train.py resume={run_dir}"
 
 
@@ -49,11 +49,11 @@ def signal_of(exception: BaseException) -> int | None:
 
 
 class CheckpointOnSignal(Callback):
-    """Saves ``<dirpath>/last.ckpt`` when SIGTERM or SIGINT stops a fit (mid-epoch: Lightning's loop state is in
-    the file, so ``resume=`` continues from that step) and records the ``Stop`` in ``stopped``."""
+    """Saves ``<run dir>/checkpoints/last.ckpt`` when SIGTERM or SIGINT stops a fit (mid-epoch: Lightning's loop
+    state is in the file, so ``resume=`` continues from that step) and records the ``Stop`` in ``stopped``."""
 
-    def __init__(self, dirpath: str | Path) -> None:
-        self.dirpath = Path(dirpath)
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
         self.stopped: Stop | None = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -62,4 +62,4 @@ class CheckpointOnSignal(Callback):
             return
         self.stopped = Stop(int(signum), trainer.current_epoch + 1, trainer.global_step)
         if trainer.state.fn == "fit" and trainer.global_step > 0:
-            trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
+            trainer.save_checkpoint(self.run_dir / LAST_CHECKPOINT)

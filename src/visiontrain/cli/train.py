@@ -67,7 +67,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     configs["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     record = MetricsInCheckpoint()
     callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record, trackers.TrackerRunsInCheckpoint()]
-    signals = CheckpointOnSignal(Path(cfg.paths.output_dir) / "checkpoints")
+    signals = CheckpointOnSignal(cfg.paths.output_dir)
     callbacks.append(signals)
     callbacks.append(console.RunHeader(config.choice(cfg, "data"), config.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:

@@ -62,16 +62,13 @@ def read_python_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             entry = BatchUnpickler(f, encoding="bytes").load()  # a Python 2 pickle of bytes keys
+        data = np.asarray(entry[b"data"], dtype=np.uint8)
+        labels = torch.as_tensor(entry.get(b"labels", entry.get(b"fine_labels")), dtype=torch.long)
     except UnexpectedObject as err:
         raise UserError(
             f"{path} holds objects other than the arrays, lists and bytes of a CIFAR-10 python batch ({err}); "
             "it was not read, as loading it could run code."
         ) from None
-    except Exception as err:
-        raise UserError(f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err}).") from err
-    try:
-        data = np.asarray(entry[b"data"], dtype=np.uint8)
-        labels = torch.as_tensor(entry.get(b"labels", entry.get(b"fine_labels")), dtype=torch.long)
     except Exception as err:
         raise UserError(f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err}).") from err
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):

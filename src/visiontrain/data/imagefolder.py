@@ -103,9 +103,10 @@ class RGBClassificationDataModule(SplitDataModule):
         return (3, self.image_size, self.image_size)
 
     def class_counts(self) -> list[int] | None:
-        if self.train_set is None:
-            return None
-        labels = torch.as_tensor(dataset_labels(self.train_set), dtype=torch.long)
+        return None if self.train_set is None else self.per_class(self.train_set)
+
+    def per_class(self, dataset: Dataset) -> list[int]:
+        labels = torch.as_tensor(dataset_labels(dataset), dtype=torch.long)
         return torch.bincount(labels, minlength=len(self.class_names)).tolist()
 
     def split_contents(self) -> dict[str, SplitContent]:
@@ -200,5 +201,5 @@ class ImageFolderDataModule(RGBClassificationDataModule):
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
         splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
-        labels = {split: dataset_labels(dataset) for split, dataset in splits.items() if dataset is not None}
-        check_every_class_present(str(self.root), self.class_names, labels)
+        counts = {split: self.per_class(dataset) for split, dataset in splits.items() if dataset is not None}
+        check_every_class_present(str(self.root), self.class_names, counts)

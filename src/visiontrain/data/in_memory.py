@@ -289,14 +289,16 @@ class InMemoryClassificationDataModule(SplitDataModule):
             self.test_split_note(len(self.test_set)),
         )
         splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
-        labels = {split: dataset.labels.tolist() for split, dataset in splits.items() if dataset is not None}
+        counts = {
+            split: torch.bincount(dataset.labels, minlength=self.num_classes).tolist()
+            for split, dataset in splits.items()
+            if dataset is not None
+        }
+        for split, per_class in counts.items():
+            # in the run's log file, not on the console: ten numbers per split are for looking up
+            log.info("%s %s images per class: %s", self.name, split, per_class, extra={"console": False})
         names = self.class_names or tuple(str(i) for i in range(self.num_classes))
-        check_every_class_present(self.name, names, labels)
-        for split, dataset in splits.items():
-            if dataset is not None:
-                counts = torch.bincount(dataset.labels, minlength=self.num_classes).tolist()
-                # in the run's log file, not on the console: ten numbers per split are for looking up
-                log.info("%s %s images per class: %s", self.name, split, counts, extra={"console": False})
+        check_every_class_present(self.name, names, counts)
 
     def class_counts(self) -> list[int] | None:
         if self.train_set is None:

@@ -103,23 +103,22 @@ def folded_train_val(
     return [pool[i] for i in train_idx], [pool[i] for i in val_idx]
 
 
-def check_every_class_present(name: str, class_names: Sequence[str], labels: dict[str, Sequence[int]]) -> None:
-    """The same rule for every classification source, at set-up: a class without training images is one sentence
-    (the model could never learn it, and a test image of it could only be wrong); a class missing from the
-    validation or test split is a warning, since training still means something (that class's score is left out)."""
-    counts = {split: np.bincount(np.asarray(list(values), dtype=np.int64), minlength=len(class_names))
-              for split, values in labels.items() if values is not None}  # fmt: skip
+def check_every_class_present(name: str, class_names: Sequence[str], counts: dict[str, Sequence[int]]) -> None:
+    """The same rule for every classification source, at set-up, from each split's images per class: a class
+    without training images is one sentence (the model could never learn it, and a test image of it could only be
+    wrong); a class missing from the validation or test split is a warning, since training still means something
+    (that class's score is left out)."""
     if "train" in counts:
-        empty = [class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
+        empty = [i for i, n in enumerate(counts["train"]) if n == 0]
         if empty:
-            tested = [c for c in empty if "test" in counts and counts["test"][list(class_names).index(c)] > 0]
+            tested = [class_names[i] for i in empty if "test" in counts and counts["test"][i] > 0]
             also = f" ({', '.join(tested)} {'has' if len(tested) == 1 else 'have'} test images)" if tested else ""
             raise UserError(
-                f"{name}: class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
+                f"{name}: class{'es' if len(empty) > 1 else ''} {', '.join(class_names[i] for i in empty)} "
                 f"{'have' if len(empty) > 1 else 'has'} no training images{also}; add images or leave the class out."
             )
     for split in ("val", "test"):
-        if split in counts and len(labels[split]):
+        if sum(counts.get(split) or ()):
             missing = [class_names[i] for i, n in enumerate(counts[split]) if n == 0]
             if missing:
                 log.warning(

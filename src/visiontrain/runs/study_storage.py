@@ -80,16 +80,18 @@ def open_storage(
         if not path.parent.is_dir():
             raise StorageUnavailable(f"hydra.sweeper.storage={spec}: the folder {path.parent} does not exist.")
         return JournalStorage(JournalFileBackend(str(path)))
-    if spec.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
-        spec = "postgresql+psycopg://" + spec[len("postgresql://") :]  # default is (psycopg2 before 2.1)
+    url = spec
+    if url.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]  # default is (psycopg2 before 2.1)
     from sqlalchemy.exc import OperationalError
 
     try:
-        return _open_rdb(spec, heartbeat_interval, grace_period, max_retry)
+        return _open_rdb(url, heartbeat_interval, grace_period, max_retry)
     except OperationalError as err:  # no server there, refused, wrong password: the driver's first line says which
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        where = printable(spec.replace("postgresql+psycopg://", "postgresql://"))
-        raise StorageUnavailable(f"hydra.sweeper.storage={where}: the database cannot be opened ({reason}).") from None
+        raise StorageUnavailable(
+            f"hydra.sweeper.storage={printable(spec)}: the database cannot be opened ({reason})."
+        ) from None
 
 
 def _open_rdb(spec: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None):
