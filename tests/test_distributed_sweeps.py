@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import PROJECT_ROOT
 from tests.test_cli import run_dirs
-from visiontrain.runs.study_storage import open_storage, printable, storage_spec
+from visiontrain.runs.study_storage import StorageUnavailable, open_storage, printable, storage_spec
 
 STUDY = "mnist_lr"
 N_TRIALS = 4
@@ -80,6 +80,9 @@ def postgres():
 
     data = folder / "data"
     run(str(binaries / "initdb"), "-D", str(data), "-U", "visiontrain", "--auth=trust", "-E", "UTF8")
+    # visiontrain connects without a password; any other role must give one (test_password_from_the_environment)
+    hba = "local all all trust\nhost all visiontrain 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    (data / "pg_hba.conf").write_text(hba)
     options = f"-k {folder} -c listen_addresses=127.0.0.1 -p {port}"
     run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start")
     try:
@@ -241,3 +244,31 @@ def test_storage_specs(tmp_path):
     url = "postgresql://me:secret@db.example.org:5432/studies"
     assert storage_spec(url, sweep) == url
     assert printable(url) == "postgresql://me:***@db.example.org:5432/studies"
+
+
+@pytest.mark.process
+def test_password_from_the_environment(postgres, tmp_path, monkeypatch):
+    """The README's advice holds: a URL without its password opens the storage when libpq finds the password in
+    PGPASSWORD or in a password file (~/.pgpass, or PGPASSFILE); without either, one sentence."""
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as connection:
+        connection.execute("CREATE ROLE guarded LOGIN PASSWORD 'w8ch-s3cret'")
+        connection.execute("CREATE DATABASE guarded OWNER guarded")
+    url = postgres.replace("visiontrain@", "guarded@").replace("/sweeps", "/guarded")
+    host_port = url.split("@")[1].split("/")[0]
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "absent"))
+    with pytest.raises(StorageUnavailable, match=r"guarded@127\.0\.0\.1.*cannot be opened \(.*password"):
+        open_storage(url)
+
+    monkeypatch.setenv("PGPASSWORD", "w8ch-s3cret")
+    optuna.create_study(storage=open_storage(url), study_name="from-env")
+    monkeypatch.delenv("PGPASSWORD")
+
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{host_port}:guarded:guarded:w8ch-s3cret\n")
+    passfile.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    storage = open_storage(url)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["from-env"]

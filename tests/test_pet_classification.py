@@ -58,6 +58,16 @@ def test_wrong_num_classes_and_missing_files_fail_in_one_sentence(pets, tmp_path
         OxfordPetBreedsDataModule(root=str(broken), num_classes=3, **SMALL).setup("fit")
 
 
+def test_a_breed_only_in_the_test_list_is_refused(tmp_path):
+    """The empty-class rule every classification source shares: a breed the test list names but trainval.txt
+    does not could never be learnt."""
+    pets = formats.write_oxford_pet_breeds(tmp_path / "pets")
+    trainval = pets / "annotations" / "trainval.txt"
+    trainval.write_text("".join(line + "\n" for line in trainval.read_text().splitlines() if "Bengal" not in line))
+    with pytest.raises(UserError, match=r"class Bengal has no training images \(Bengal has test images\)"):
+        OxfordPetBreedsDataModule(root=str(pets), num_classes=3, **SMALL).setup("fit")
+
+
 def test_pet_breeds_train_and_test_through_the_config(pets, make_config):
     cfg = make_config(
         "train",

@@ -109,6 +109,12 @@ class RGBClassificationDataModule(SplitDataModule):
         labels = torch.as_tensor(dataset_labels(dataset), dtype=torch.long)
         return torch.bincount(labels, minlength=len(self.class_names)).tolist()
 
+    def check_classes(self, name: str) -> None:
+        """The set-up check every classification source shares (see ``check_every_class_present``)."""
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        counts = {split: self.per_class(dataset) for split, dataset in splits.items() if dataset is not None}
+        check_every_class_present(name, self.class_names, counts)
+
     def split_contents(self) -> dict[str, SplitContent]:
         contents = {}
         for split, dataset in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)):
@@ -200,6 +206,4 @@ class ImageFolderDataModule(RGBClassificationDataModule):
                 )
         if self.has_test_split:
             self.test_set = self._folder("test", self.eval_transform)
-        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
-        counts = {split: self.per_class(dataset) for split, dataset in splits.items() if dataset is not None}
-        check_every_class_present(str(self.root), self.class_names, counts)
+        self.check_classes(str(self.root))

@@ -110,6 +110,7 @@ class OxfordPetBreedsDataModule(RGBClassificationDataModule):
         self.train_set = LabelledImages([trainval[i] for i in train_idx], self.train_transform)
         self.val_set = LabelledImages([trainval[i] for i in val_idx], self.eval_transform)
         self.test_set = LabelledImages(samples["test"], self.eval_transform) if samples["test"] else None
+        self.check_classes(str(self.root))
         log.info(
             "%s: %d breeds, %d train / %d val (seed %d) / %d official test images",
             self.name,
