@@ -22,9 +22,9 @@ from visiontrain.data import preprocessing
 from visiontrain.models.detection import build_detector
 from visiontrain.models.resnet import build_resnet
 from visiontrain.models.simple_cnn import SimpleCNN
+from visiontrain.serving.base import Logits
+from visiontrain.serving.detection import Detections
 from visiontrain.serving.inference import LoadedModel, load_onnx
-from visiontrain.tasks.detection import Detections
-from visiontrain.tasks.serving import Logits
 
 MODELS = {
     "simple_cnn (MNIST, 1x28x28)": (lambda: SimpleCNN(in_channels=1, num_classes=10), (1, 28, 28)),
@@ -53,8 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
     args = parser.parse_args()
-    from visiontrain.tasks.detection import export_detector_onnx
-    from visiontrain.tasks.serving import export_onnx
+    from visiontrain.serving.base import export_onnx
+    from visiontrain.serving.detection import export_detector_onnx
 
     print(f"threads: {torch.get_num_threads()}  (images/s; higher is better)")
     print(f"{'model':52s} {'batch':>5s} {'eager':>9s} {'onnxruntime':>12s} {'ratio':>6s}")

@@ -17,7 +17,7 @@ from visiontrain.cli.predict import predict
 from visiontrain.cli.train import train
 from visiontrain.errors import UserError
 from visiontrain.runs.config import compose_config
-from visiontrain.tasks.detection import match_detections
+from visiontrain.serving.detection import match_detections
 
 QUIET = ["extras.print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
 # a few optimizer steps on small images: scores spread out (not the ties of random weights), yet fast

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import PROJECT_ROOT
 from tests.test_cli import run_dirs
-from visiontrain.runs.study_storage import StorageUnavailable, open_storage, printable, storage_spec
+from visiontrain.sweeps.storage import StorageUnavailable, open_storage, printable, storage_spec
 
 STUDY = "mnist_lr"
 N_TRIALS = 4
@@ -165,7 +165,7 @@ def test_two_workers_share_one_study(shared_storage, tmp_path, datasets):
 
     # the report from the storage alone sees every trial of both workers
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "visiontrain.sweep_report", shared_storage, STUDY, "--out", str(out)]
+    command = [sys.executable, "-m", "visiontrain.sweeps.report", shared_storage, STUDY, "--out", str(out)]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with (out / "optuna" / "trials.csv").open() as f:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
-from visiontrain.runs.study_report import (
+from visiontrain.sweeps.report import (
     OVERRIDES,
     SEARCH_PATH,
     not_drawable,
@@ -179,8 +179,8 @@ def test_hparams_search_configs_compose_into_search_spaces():
     from hydra.utils import instantiate
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from hydra_plugins.visiontrain_optuna.optuna_sweeper import search_space
     from visiontrain.runs.config import CONFIG_DIR
+    from visiontrain.sweeps.sweeper import search_space
 
     for option, pruner in (
         ("mnist_optuna", optuna.pruners.MedianPruner),
@@ -190,7 +190,7 @@ def test_hparams_search_configs_compose_into_search_spaces():
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=[f"hparams_search={option}"], return_hydra_config=True)
         sweeper = cfg.hydra.sweeper
-        assert sweeper._target_.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper")
+        assert sweeper._target_ == "hydra_plugins.visiontrain_optuna.optuna_sweeper.OptunaSweeper"
         assert sweeper.direction == "max" and cfg.optimized_metric == "val/acc_best"
         assert isinstance(instantiate(sweeper.sampler), optuna.samplers.TPESampler)
         assert isinstance(instantiate(sweeper.pruner), pruner)

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from visiontrain.callbacks.finite_loss import StopOnNonFiniteLoss
-from visiontrain.callbacks.hooks import PER_BATCH_HOOKS, batch_hooks_only_where_used
+from visiontrain.compat import PER_BATCH_HOOKS, batch_hooks_only_where_used
 from visiontrain.errors import TrainingDiverged
 from visiontrain.tasks.running import RunningAccuracy, RunningMean, TrainJaccardIndex, class_map
 

@@ -144,7 +144,7 @@ def test_a_validation_share_is_below_one(make_config):
 def test_a_jobs_hydra_record_keeps_no_storage_password(tmp_path):
     from omegaconf import OmegaConf
 
-    from visiontrain.runs.hydra_callbacks import PasswordsMasked
+    from visiontrain.sweeps.summary import PasswordsMasked
 
     url = "postgresql://me:s3cret@db.example:5432/studies"
     hydra = {"sweeper": {"storage": url}, "output_subdir": ".hydra", "runtime": {"output_dir": str(tmp_path)},
@@ -284,10 +284,10 @@ def test_single_node_ddp_store_listens_on_loopback_only(tmp_path, datasets):
 
 
 def test_an_address_set_for_several_nodes_is_left_to_torch():
-    from visiontrain.runs.ddp import _store_on_loopback
+    from visiontrain.runs.ddp import store_on_loopback
 
     calls = []
-    wrapped = _store_on_loopback(lambda *args, **kwargs: calls.append(args) or "torch's store")
+    wrapped = store_on_loopback(lambda *args, **kwargs: calls.append(args) or "torch's store")
     assert wrapped("10.1.2.3", 29500, 0, 4, None) == "torch's store"  # MASTER_ADDR of the first node
     assert wrapped("127.0.0.1", 29500, 1, 2, None) == "torch's store"  # a client: no server to bind
     assert len(calls) == 2

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from visiontrain.runs.hydra_callbacks import write_summary
+from visiontrain.sweeps.summary import write_summary
 
 
 def write_job(sweep: Path, job: int, overrides: list[str], metrics: dict | None) -> None:

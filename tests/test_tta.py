@@ -21,13 +21,15 @@ from visiontrain.cli.train import train
 from visiontrain.data import preprocessing
 from visiontrain.data.mnist import MNISTDataModule
 from visiontrain.errors import UserError
+from visiontrain.serving.base import Logits
+from visiontrain.serving.classification import ClassificationServing
+from visiontrain.serving.detection import Detections, DetectionServing
 from visiontrain.serving.images import read_image
 from visiontrain.serving.inference import load_checkpoint
+from visiontrain.serving.segmentation import SegmentationServing
 from visiontrain.tasks import tta
-from visiontrain.tasks.classification import ClassificationModule, ClassificationServing
-from visiontrain.tasks.detection import Detections, DetectionServing
-from visiontrain.tasks.segmentation import SegmentationModule, SegmentationServing
-from visiontrain.tasks.serving import Logits
+from visiontrain.tasks.classification import ClassificationModule
+from visiontrain.tasks.segmentation import SegmentationModule
 
 SGD = partial(torch.optim.SGD, lr=0.1)
 

@@ -15,7 +15,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from visiontrain import artifact
 from visiontrain.artifact import ArtifactInfo
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+from visiontrain.compat import batch_hooks_only_where_used
 from visiontrain.data import manifest
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+from visiontrain import compat
 from visiontrain.errors import UserError
 
 
@@ -61,46 +62,47 @@ class EMA(EMAWeightAveraging):
         self._swapped = False
 
     def has_average(self) -> bool:
-        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+        average = compat.average_model(self)
+        return average is not None and int(average.n_averaged) > 0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning builds the average in setup(), before the strategy moves the module to its device (a GPU):
         # "with the model" (device=null) means where the model is now, or every update would cross devices
-        if self._device is None and self._average_model is not None:
-            self._average_model.to(pl_module.device)
+        if compat.averaging_device(self) is None and compat.average_model(self) is not None:
+            compat.average_model(self).to(pl_module.device)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._swapped = self.validate and self.has_average()
         if self._swapped:
-            self._swap_models(pl_module)
+            compat.swap_models(self, pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._swapped:
-            self._swap_models(pl_module)
+            compat.swap_models(self, pl_module)
             self._swapped = False
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after training the module holds the weights its checkpoints hold
         if self.checkpoint == "ema" and self.has_average():
-            self._copy_average_to_current(pl_module)
+            compat.copy_average_to_current(self, pl_module)
 
     def ema_state_dict(self, current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``current`` (the module's state dict) with the averaged parameters and buffers in place of the raw ones."""
         if not self.has_average():
             return dict(current)
-        module = self._average_model.module
+        module = compat.average_model(self).module
         averaged = dict(itertools.chain(module.named_parameters(), module.named_buffers()))
         return {name: averaged[name].detach() if name in averaged else value for name, value in current.items()}
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self._average_model is None:  # outside fit: nothing averaged to store
+        if compat.average_model(self) is None:  # outside fit: nothing averaged to store
             return
         ema = self.ema_state_dict(checkpoint["state_dict"])
         if self.checkpoint == "ema":
             checkpoint["current_model_state"], checkpoint["state_dict"] = checkpoint["state_dict"], ema
         else:
             checkpoint["ema_state_dict"] = ema
-        average_state = self._average_model.state_dict()
+        average_state = compat.average_model(self).state_dict()
         checkpoint["averaging_state"] = {n: v for n, v in average_state.items() if not n.startswith("module.")}
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -108,8 +110,8 @@ class EMA(EMAWeightAveraging):
         # back into the module after fit: testing must use the weights of the checkpoint's state_dict
         if trainer.state.fn != TrainerFn.FITTING:
             return
-        if self._average_model is None or "ema_state_dict" not in checkpoint:
+        if compat.average_model(self) is None or "ema_state_dict" not in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)  # Lightning's layout, or no EMA yet
             return
         average_state = {"module." + name: value for name, value in checkpoint["ema_state_dict"].items()}
-        self._average_model.load_state_dict(average_state | checkpoint["averaging_state"])
+        compat.average_model(self).load_state_dict(average_state | checkpoint["averaging_state"])

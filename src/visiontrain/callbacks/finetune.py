@@ -18,7 +18,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+from visiontrain.compat import batch_hooks_only_where_used
 from visiontrain.errors import UserError
 from visiontrain.models.backbone import in_backbone
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+from visiontrain.compat import batch_hooks_only_where_used
 from visiontrain.errors import TrainingDiverged
 
 

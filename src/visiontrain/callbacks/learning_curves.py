@@ -7,8 +7,8 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
-from visiontrain.tasks.figures import learning_curves_figure, publish_figure
+from visiontrain.compat import batch_hooks_only_where_used
+from visiontrain.plots.figures import learning_curves_figure, publish_figure
 
 
 @batch_hooks_only_where_used

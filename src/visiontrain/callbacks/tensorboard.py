@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+from visiontrain import compat
+from visiontrain.compat import batch_hooks_only_where_used
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,12 @@ class ContinuedTensorBoardRun(Callback):
         from lightning.pytorch.loggers import TensorBoardLogger
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-        # the step Lightning's loggers count in, restored from the checkpoint: batches that stepped the
-        # optimizer; the checkpointed epoch logged at steps below it, the next batch logs at exactly this step
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        # the step Lightning's loggers count in, restored from the checkpoint: optimizer steps (batches that
+        # stepped it); the checkpointed epoch logged at steps below it, the next batch logs at exactly this step
+        step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                writer = logger.experiment._get_file_writer()
+                writer = compat.event_file_writer(logger.experiment)
                 writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
                 writer.flush()
 

@@ -3,7 +3,7 @@
 
 The exported file carries the task, class names and input preprocessing (``visiontrain.artifact``), so
 ``predict.py model_path=<file>`` needs nothing else. How a task's network is exported and checked is the
-task's (``visiontrain.tasks.serving``): classifiers and segmentation networks through the torch.export-based
+task's (``visiontrain.serving.base``): classifiers and segmentation networks through the torch.export-based
 exporter, detectors through the TorchScript-based one, taking one image of any size.
 """
 

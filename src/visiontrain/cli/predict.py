@@ -1,7 +1,7 @@
 """Run a trained model on image files: ``python predict.py ckpt_path=<ckpt> input=<file|folder|glob> output=<dir>``.
 
 ``model_path=<model.onnx>`` runs an exported model through onnxruntime instead (no Lightning).
-What is written is the task's (``visiontrain.tasks.serving``): classification ``predictions.csv``;
+What is written is the task's (``visiontrain.serving.base``): classification ``predictions.csv``;
 segmentation an index-PNG mask and a colour overlay per image; detection ``predictions.json`` (COCO results
 format) and each image with its boxes drawn.
 """

@@ -74,6 +74,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(ContinuedTensorBoardRun())
     loggers = trackers.instantiate_loggers(cfg, ckpt_path)  # a run resumed in place continues its tracker runs
     ddp.reset_between_jobs()
+    ddp.serve_store_on_loopback()  # before the Trainer: its processes meet at that store
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

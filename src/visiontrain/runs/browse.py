@@ -3,7 +3,7 @@
 No model is built and nothing is trained. The datamodule is set up as for training; the first training samples
 are fetched as training would receive them and drawn with their labels (class names, masks, boxes), the labels of
 every split are counted (visiontrain.data.label_stats) and drawn; the figures go to ``<run dir>/plots/`` and
-TensorBoard, the numbers to ``<run dir>/plots/label_stats.json`` (visiontrain.tasks.data_figures draws them).
+TensorBoard, the numbers to ``<run dir>/plots/label_stats.json`` (visiontrain.plots.data draws them).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from omegaconf.errors import InterpolationResolutionError
 
 from visiontrain.data.label_stats import label_stats
 from visiontrain.errors import UserError
+from visiontrain.plots import data as figures
+from visiontrain.plots.figures import PLOTS_FOLDER
 from visiontrain.runs import config
-from visiontrain.tasks import data_figures as figures
-from visiontrain.tasks.figures import PLOTS_FOLDER
 
 log = logging.getLogger("visiontrain")
 

@@ -19,7 +19,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 
-from visiontrain.callbacks.hooks import batch_hooks_only_where_used
+from visiontrain.compat import batch_hooks_only_where_used
 
 log = logging.getLogger("visiontrain")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import importlib
 import ipaddress
 import json
 import os
@@ -29,10 +28,10 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning import Trainer
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import OmegaConf
 from torch.distributed import PrefixStore, Store, TCPStore
 
+from visiontrain import compat
 from visiontrain.errors import UserError
 from visiontrain.runs.resume import is_multirun, resumable_checkpoint
 
@@ -42,7 +41,7 @@ TORCHRUN_RUN_KEY = "run"
 # how long the other processes wait for it: torch's own default for meeting in a process group
 TORCHRUN_WAIT = datetime.timedelta(minutes=30)
 # launchers that run each job inside the process that was started with the sweep's command line
-IN_PROCESS_LAUNCHERS = {"hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+IN_PROCESS_LAUNCHERS = {compat.BASIC_LAUNCHER}
 
 # what Lightning's launcher sets in the launching process, as it was before any job of this process ran
 _LAUNCHER_ENV_AT_START = {
@@ -57,7 +56,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _store_on_loopback(create: Callable[..., Store]) -> Callable[..., Store]:
+def store_on_loopback(create: Callable[..., Store]) -> Callable[..., Store]:
     """Wrap torch's ``env://`` store creation: rank zero's rendezvous store listens on the loopback address when
     the processes meet there (one node, MASTER_ADDR not set by the user: Lightning then uses 127.0.0.1).
 
@@ -96,10 +95,9 @@ def _store_on_loopback(create: Callable[..., Store]) -> Callable[..., Store]:
     return wrapper
 
 
-# the module (torch.distributed.rendezvous is also the name of a function)
-_rendezvous = importlib.import_module("torch.distributed.rendezvous")
-if not getattr(_rendezvous._create_c10d_store, "visiontrain_loopback", False):
-    _rendezvous._create_c10d_store = _store_on_loopback(_rendezvous._create_c10d_store)
+def serve_store_on_loopback() -> None:
+    """Rank zero's rendezvous store on the loopback address from here on (see ``store_on_loopback``)."""
+    compat.serve_rendezvous_store_on_loopback(store_on_loopback)
 
 
 def reset_between_jobs() -> None:
@@ -234,7 +232,9 @@ def _srun_command_line(args: list[str]) -> list[str]:
 
 def prepare_multirun_job(trainer: Trainer, output_dir: str) -> None:
     """Let the DDP processes Lightning is about to start for this multirun job find it (or refuse, in one sentence)."""
-    if not is_multirun() or not isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher):
+    if not is_multirun() or not isinstance(
+        getattr(trainer.strategy, "launcher", None), compat.subprocess_script_launcher()
+    ):
         return
     launcher = HydraConfig.get().launcher.get("_target_", "")
     if launcher not in IN_PROCESS_LAUNCHERS:

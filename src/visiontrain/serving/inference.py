@@ -1,6 +1,6 @@
 """A trained model, ready to run on images: from a visiontrain checkpoint, an ONNX file or a TorchScript
 file, with the class names, task and input preprocessing that travel with it (``visiontrain.artifact``).
-How it runs is its task's (``visiontrain.tasks.serving``)."""
+How it runs is its task's (``visiontrain.serving.base``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from visiontrain import artifact
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
-from visiontrain.tasks.serving import LoadedModel, serving_for
+from visiontrain.serving.base import LoadedModel, serving_for
 
 
 def loaded(info: artifact.ArtifactInfo, run: Callable[[Any], Any], source: Path, module: Any = None) -> LoadedModel:

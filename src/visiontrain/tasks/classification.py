@@ -3,13 +3,10 @@ serving (``predictions.csv`` with the top-k classes of each image)."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -17,6 +14,12 @@ from torchvision.transforms import v2
 
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
+from visiontrain.plots.figures import (
+    confusion_matrix_figure,
+    per_class_figure,
+    prediction_grid_figure,
+    publish_figure,
+)
 from visiontrain.tasks.base import (
     OptimizerFactory,
     SchedulerFactory,
@@ -24,14 +27,7 @@ from visiontrain.tasks.base import (
     class_weight_tensor,
     plain_class_weights,
 )
-from visiontrain.tasks.figures import (
-    confusion_matrix_figure,
-    per_class_figure,
-    prediction_grid_figure,
-    publish_figure,
-)
 from visiontrain.tasks.running import RunningAccuracy, RunningMean
-from visiontrain.tasks.serving import LoadedModel, TaskServing
 from visiontrain.tasks.tta import augmented
 
 
@@ -194,7 +190,7 @@ class ClassificationModule(VisionTask):
         self.train_loss.update(loss.detach())
         self.train_metrics["acc"].update(logits.detach(), labels)
         # only on the steps the loggers write (trainer.log_every_n_steps): self.log costs ~0.5 ms per call
-        if self.trainer._logger_connector.should_update_logs:
+        if self.logs_this_step():
             self.log("train/loss_step", loss.detach(), prog_bar=True)
         return loss
 
@@ -257,35 +253,3 @@ class ClassificationModule(VisionTask):
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()
-
-
-# --- serving ------------------------------------------------------------------------------------
-class ClassificationServing(TaskServing):
-    task = "classification"
-
-    def writer(self, output: Path, model: LoadedModel, options: DictConfig) -> ClassificationWriter:
-        return ClassificationWriter(output, model.class_names, options.topk)
-
-
-class ClassificationWriter:
-    """``predictions.csv``: per image the ``topk`` most probable classes with their probabilities."""
-
-    def __init__(self, output: Path, class_names: list[str], topk: int) -> None:
-        self.topk = min(topk, len(class_names))
-        self.names = class_names
-        self.file = (output / "predictions.csv").open("w", newline="")
-        self.csv = csv.writer(self.file)
-        header = ["file"]
-        for k in range(1, self.topk + 1):
-            header += [f"class_{k}", f"probability_{k}"]
-        self.csv.writerow(header)
-
-    def add(self, path: Path, image: torch.Tensor, logits: torch.Tensor) -> None:
-        probabilities, classes = logits.softmax(dim=-1).topk(self.topk)
-        row: list = [str(path)]
-        for p, c in zip(probabilities.tolist(), classes.tolist()):
-            row += [self.names[c], f"{p:.6f}"]
-        self.csv.writerow(row)
-
-    def close(self) -> None:
-        self.file.close()

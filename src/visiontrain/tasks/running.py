@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.utilities.compute import _safe_divide
-from torchmetrics.utilities.data import _bincount
 
 
 def class_map(logits: torch.Tensor) -> torch.Tensor:
@@ -29,6 +27,14 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
     maximum), computed as ``max(dim=1).indices``, which torch's CPU kernels reduce 20x faster over the channel
     dimension of an ``(N, C, H, W)`` map."""
     return logits.max(dim=1).indices
+
+
+def deterministic_bincount(values: torch.Tensor, minlength: int) -> torch.Tensor:
+    """``torch.bincount``, which CUDA computes with atomic adds (not reproducible, refused under
+    ``torch.use_deterministic_algorithms``): there, counted by comparison instead, as torchmetrics does."""
+    if values.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return (values[:, None] == torch.arange(minlength, device=values.device)).sum(dim=0)
+    return torch.bincount(values, minlength=minlength)
 
 
 class RunningMean(Metric):
@@ -72,7 +78,8 @@ class RunningAccuracy(Metric):
         self.total += labels.numel()
 
     def compute(self) -> torch.Tensor:
-        return _safe_divide(self.correct, self.total)
+        # as MulticlassAccuracy: 0 before any sample
+        return self.correct.float() / self.total.clamp(min=1)
 
 
 class TrainJaccardIndex(MulticlassJaccardIndex):
@@ -85,5 +92,5 @@ class TrainJaccardIndex(MulticlassJaccardIndex):
         cells = target * classes + preds.reshape(-1).long()
         if self.ignore_index is not None:
             cells = torch.where(target == self.ignore_index, classes * classes, cells)
-        counts = _bincount(cells, minlength=classes * classes + 1)[: classes * classes]
+        counts = deterministic_bincount(cells, classes * classes + 1)[: classes * classes]
         self.confmat += counts.reshape(classes, classes)

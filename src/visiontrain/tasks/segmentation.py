@@ -4,13 +4,9 @@ writes an index-PNG mask and a colour overlay per image."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import DictConfig
-from PIL import Image
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -21,9 +17,10 @@ from torchmetrics.classification import (
 )
 from torchvision.utils import draw_segmentation_masks, make_grid
 
-from visiontrain.data import preprocessing
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
+from visiontrain.plots.colors import class_colors
+from visiontrain.plots.figures import confusion_matrix_figure, per_class_figure, publish_figure
 from visiontrain.tasks.base import (
     OptimizerFactory,
     SchedulerFactory,
@@ -31,9 +28,7 @@ from visiontrain.tasks.base import (
     class_weight_tensor,
     plain_class_weights,
 )
-from visiontrain.tasks.figures import confusion_matrix_figure, per_class_figure, publish_figure
 from visiontrain.tasks.running import TrainJaccardIndex, class_map
-from visiontrain.tasks.serving import LoadedModel, TaskServing
 from visiontrain.tasks.tta import augmented
 
 
@@ -46,21 +41,6 @@ def segmentation_metrics(num_classes: int, ignore_index: int) -> MetricCollectio
             "dice": MulticlassF1Score(num_classes, ignore_index=ignore_index, average="macro"),
         }
     )
-
-
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """A fixed, distinguishable colour per class (the Pascal VOC palette)."""
-    colors = []
-    for cls in range(num_classes):
-        r = g = b = 0
-        c = cls
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colors.append((r, g, b))
-    return colors
 
 
 class SegmentationModule(VisionTask):
@@ -167,7 +147,7 @@ class SegmentationModule(VisionTask):
             loss = loss + self.hparams.aux_weight * self.loss(output["aux"], masks)
         self.train_loss.update(loss.detach())
         self.train_metrics["miou"].update(class_map(logits.detach()), masks)
-        if self.trainer._logger_connector.should_update_logs:  # only where loggers write: self.log is not free
+        if self.logs_this_step():  # only where loggers write: self.log is not free
             self.log("train/loss_step", loss.detach(), prog_bar=True)
         return loss
 
@@ -238,39 +218,3 @@ class SegmentationModule(VisionTask):
             for target in (mask, pred):
                 tiles.append(draw_segmentation_masks(picture, target[None] == classes, alpha=0.5, colors=colors))
         experiment.add_image(tag, make_grid(tiles, nrow=3, padding=2), global_step=self.global_step)
-
-
-# --- serving ------------------------------------------------------------------------------------
-class SegmentationServing(TaskServing):
-    task = "segmentation"
-
-    def writer(self, output: Path, model: LoadedModel, options: DictConfig) -> SegmentationWriter:
-        return SegmentationWriter(output, len(model.class_names), model.preprocessing)
-
-
-class SegmentationWriter:
-    """``<stem>_mask.png`` (palette index PNG, input size) and ``<stem>_overlay.png`` per image."""
-
-    def __init__(self, output: Path, num_classes: int, spec: preprocessing.Spec) -> None:
-        self.output = output
-        self.spec = spec
-        self.colors = class_colors(num_classes)
-        self.palette = [channel for color in self.colors for channel in color]
-
-    def add(self, path: Path, image: torch.Tensor, logits: torch.Tensor) -> None:
-        height, width = image.shape[-2:]
-        if self.spec["mode"] == "pad":  # drop the padding, then back to the input's size
-            inner_h, inner_w = preprocessing.resized_shape(self.spec, height, width)
-            logits = logits[:, :inner_h, :inner_w]
-        logits = torch.nn.functional.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
-        classes = logits.argmax(dim=0)
-        mask = Image.fromarray(classes.numpy().astype(np.uint8), mode="P")
-        mask.putpalette(self.palette + [0] * (768 - len(self.palette)))
-        stem = path.stem
-        mask.save(self.output / f"{stem}_mask.png")
-        present = classes[None] == torch.arange(len(self.colors))[:, None, None]
-        overlay = draw_segmentation_masks(image, present, alpha=0.5, colors=self.colors)
-        Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(self.output / f"{stem}_overlay.png")
-
-    def close(self) -> None:
-        pass

@@ -1,7 +1,7 @@
 """Figures of the data itself, for ``debug=browse`` (visiontrain.runs.browse): training samples as the network gets
 them (class names, masks, boxes and labels drawn) and the label statistics of visiontrain.data.label_stats.
 
-Written like the result figures (visiontrain.tasks.figures), but with no Trainer to ask: ``save_figure`` takes the
+Written like the result figures (visiontrain.plots.figures), but with no Trainer to ask: ``save_figure`` takes the
 run folder and the TensorBoard writers itself.
 """
 
@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from visiontrain.tasks.figures import PLOTS_FOLDER  # noqa: E402
-from visiontrain.tasks.segmentation import class_colors  # noqa: E402
+from visiontrain.plots.colors import class_colors  # noqa: E402
+from visiontrain.plots.figures import PLOTS_FOLDER  # noqa: E402
 
 log = logging.getLogger("visiontrain")
 

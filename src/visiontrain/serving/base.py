@@ -165,7 +165,7 @@ class TaskServing:
 
 def serving_for(task: str) -> TaskServing:
     """The serving of the task an artifact names."""
-    from visiontrain.tasks import classification, detection, segmentation  # noqa: F401 (they register theirs)
+    from visiontrain.serving import classification, detection, segmentation  # noqa: F401 (they register theirs)
 
     if task not in TaskServing._registered:
         known = ", ".join(TaskServing._registered)

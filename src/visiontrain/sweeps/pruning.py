@@ -7,7 +7,7 @@ import logging
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.runs.study_storage import open_storage, storage_spec
+from visiontrain.sweeps.storage import open_storage, storage_spec
 
 log = logging.getLogger("visiontrain")
 

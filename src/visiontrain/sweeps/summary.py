@@ -14,7 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.runs import run_groups, study_storage
+from visiontrain.sweeps import groups as run_groups
+from visiontrain.sweeps import storage as study_storage
 
 log = logging.getLogger("visiontrain")
 

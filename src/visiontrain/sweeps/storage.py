@@ -1,5 +1,5 @@
 """Where an Optuna study lives (``hydra.sweeper.storage``), opened the same way by the sweeper, by a trial's pruning
-callback and by ``python -m visiontrain.sweep_report``.
+callback and by ``python -m visiontrain.sweeps.report``.
 
 - ``null``: ``sqlite:///<sweep dir>/optuna.db``, the study lives (and resumes) with the sweep's folders.
 - An SQLAlchemy URL (``postgresql://user@host/db``, ``mysql+pymysql://...``, ``sqlite:///path.db``): Optuna's

@@ -1,0 +1,373 @@
+"""A Hydra sweeper driving an Optuna study (ask and tell), one Hydra job per trial.
+
+- Search space in Hydra's sweep syntax, from ``hydra.sweeper.params`` and sweep overrides on the command line:
+  ``choice(a, b)`` / ``a,b`` -> categorical, ``range(lo, hi[, step])`` -> integers (or stepped floats),
+  ``interval(lo, hi)`` -> floats (``tag(int, ...)`` for integers), ``tag(log, ...)`` -> log scale.
+- The study is stored in SQLite inside the sweep folder, or in ``hydra.sweeper.storage`` (a database URL or a
+  journal file, :mod:`visiontrain.sweeps.storage`) shared by many workers running the same command: the study
+  is created or joined by name, every worker asks it for the next trial, and the budget ``n_trials`` is the
+  study's. A trial's job folder is named by its trial number, unique in the study.
+- Workers on a database storage record a heartbeat for the trials they run. Before asking for a trial, a worker
+  fails trials whose heartbeat stopped (their worker was killed) and Optuna queues them again with the same
+  parameters; when the budget is spent, a worker waits for trials still running elsewhere to finish or go
+  stale, so that a killed worker's trial is not left behind.
+- A job that raises is told as a failed trial and the sweep goes on; a job its pruning callback stopped
+  (``visiontrain.sweeps.pruning``) is told as pruned.
+- ``resume=<sweep dir>``: the study is loaded from that folder (or the storage given); trials the interrupted
+  sweep left running (those whose job folder is in this sweep folder) are run again under their number, in
+  their folder (the job continues from its last checkpoint), then new trials until the budget is spent.
+- At the end (of a resumed sweep too) the whole study is reported (``visiontrain.sweeps.report``): plots in
+  ``<sweep dir>/optuna/``, the best trial as ``<sweep dir>/best.yaml``, and the commands that train it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from visiontrain.sweeps.pruning import PRUNED_AT
+from visiontrain.sweeps.report import (
+    HOST,
+    JOB_DIR,
+    OVERRIDES,
+    SEARCH_PATH,
+    command_line,
+    trial_overrides,
+    write_study_report,
+)
+from visiontrain.sweeps.storage import (
+    StorageUnavailable,
+    has_heartbeat,
+    open_storage,
+    printable,
+    storage_spec,
+    without_passwords,
+)
+
+log = logging.getLogger(__name__)
+DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+
+
+class SearchSpaceError(ValueError):
+    pass
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """The Optuna distribution of one sweep override (``key=choice(...)``, ``range(...)``, ``interval(...)``)."""
+    sweep = override.value()
+    tags = getattr(sweep, "tags", set())
+    log_scale = "log" in tags
+    name = override.get_key_element()
+    if isinstance(sweep, ChoiceSweep):
+        choices = list(sweep.list)
+        if any(not isinstance(c, (type(None), bool, int, float, str)) for c in choices):
+            raise SearchSpaceError(f"{name}: choice() values must be numbers, strings, booleans or null")
+        return CategoricalDistribution(choices)
+    if isinstance(sweep, RangeSweep):
+        start, stop, step = sweep.start, sweep.stop, sweep.step or 1
+        count = math.ceil((stop - start) / step)  # Python's range: stop excluded
+        if count < 1:
+            raise SearchSpaceError(f"{name}: range({start}, {stop}, {step}) is empty")
+        last = start + (count - 1) * step
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(start, last, log=log_scale, step=1 if log_scale else step)
+        return FloatDistribution(start, last, log=log_scale, step=None if log_scale else step)
+    if isinstance(sweep, IntervalSweep):
+        if "int" in tags:
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise SearchSpaceError(f"{name}: use choice(), range() or interval() to search over a value")
+
+
+def search_space(
+    params: dict[str, str] | None, arguments: Sequence[str]
+) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """Distributions of the swept keys (config ``params``, then the command line), and the fixed overrides."""
+    parser = OverridesParser.create()
+    config_overrides = parser.parse_overrides([f"{key}={value}" for key, value in (params or {}).items()])
+    space: dict[str, BaseDistribution] = {}
+    fixed: list[str] = []
+    for override in [*config_overrides, *parser.parse_overrides(list(arguments))]:
+        if override.is_sweep_override():
+            space[override.get_key_element()] = distribution(override)
+        else:
+            key = override.get_key_element()
+            space.pop(key, None)  # a value fixed on the command line wins over the config's search range
+            fixed.append(f"{key}={override.get_value_element_as_str()}")
+    return space, fixed
+
+
+def built(node: Any) -> Any:
+    """A sampler or pruner: Hydra has usually instantiated it already; a config node still is one."""
+    return instantiate(node) if isinstance(node, (DictConfig, dict)) else node
+
+
+class StudySweeper(Sweeper):
+    def __init__(
+        self,
+        direction: str,
+        study_name: str,
+        storage: str | None,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        max_retry: int | None,
+        n_trials: int,
+        n_jobs: int,
+        params: dict[str, str] | None,
+        sampler: Any,
+        pruner: Any,
+    ) -> None:
+        if str(direction) not in DIRECTIONS:
+            raise ValueError(f"hydra.sweeper.direction={direction}: use maximize or minimize")
+        self.direction = DIRECTIONS[str(direction)]
+        self.study_name = study_name
+        self.storage = storage
+        self.heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "max_retry": max_retry,
+        }
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                # a sweeper's error would reach the user as Hydra's traceback: exit with the sentence instead
+                raise SystemExit(f"error: hydra.sweeper.{key}={value}: give a whole number, 1 or more.")
+        self.n_trials = n_trials
+        self.n_jobs = n_jobs
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        self.sampler_config, self.pruner_config = sampler, pruner
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
+
+    def sweep(self, arguments: list[str]) -> None:
+        space, fixed = search_space(self.params, arguments)
+        if not space:
+            raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(without_passwords(self.config), self.sweep_dir / "multirun.yaml")
+        spec = storage_spec(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
+        # opened once: the heartbeats of each batch of trials go through it
+        try:
+            self.study_storage = storage = open_storage(spec, **self.heartbeat)
+        except StorageUnavailable as err:
+            raise SystemExit(f"error: {err}") from None
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=built(self.sampler_config),
+            pruner=built(self.pruner_config),
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        if study.get_trials(deepcopy=False):
+            # a resumed or shared study: a seeded sampler would propose the trials it proposed before again
+            study.sampler.reseed_rng()
+        metric = OmegaConf.select(self.config, "optimized_metric", default=None, throw_on_resolution_failure=False)
+        if metric:  # named in the study's plots and reports, also when read from its storage alone
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([str(metric)])
+        # config folders given to this sweep (--config-dir, hydra.searchpath=...): best.yaml searches them too
+        sources = self.config.hydra.runtime.config_sources
+        study.set_user_attr(SEARCH_PATH, [f"{s.schema}://{s.path}" for s in sources if "command-line" in s.provider])
+        log.info(
+            "Optuna study %r in %s: %d trials, %d at a time",
+            self.study_name,
+            printable(spec),
+            self.n_trials,
+            self.n_jobs,
+        )
+        for name, dist in space.items():
+            log.info("\t%s: %s", name, dist)
+
+        try:
+            self._run_trials(study, space, fixed)
+        except SystemExit as stop:
+            # a job stopped by SIGTERM or SIGINT (status 128 + signal, visiontrain.callbacks.signals): its trial stays
+            # RUNNING with its checkpoint, so resume=<sweep dir> continues it; what finished is summarised first
+            if not isinstance(stop.code, int) or stop.code < 128:
+                raise
+            log.error(
+                "the sweep stopped by %s; summary.csv holds the trials that finished; continue it with the same "
+                "command and resume=%s",
+                signal.Signals(stop.code - 128).name,
+                self.sweep_dir,
+            )
+            self.hydra_context.callbacks.on_multirun_end(config=self.config)
+            raise
+        self._finish(study, metric, fixed)
+
+    def _run_trials(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
+        storage = self.study_storage
+        # trials a killed sweep left running in this folder: run again under their number and folder (each
+        # continues from its last checkpoint when resume=<sweep dir> is given), before any new trial
+        interrupted = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if self._ours(t)]
+        if interrupted:
+            log.info("continuing interrupted trials %s", [t.number for t in interrupted])
+        for frozen in interrupted:
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            self._run_batch(study, [trial], fixed)
+
+        said_waiting = False
+        while True:
+            if has_heartbeat(storage):  # trials of killed workers: failed, and queued again by Optuna's callback
+                optuna.storages.fail_stale_trials(study)
+            started = budget_spent(study)
+            if started < self.n_trials:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
+                self._run_batch(study, trials, fixed)
+                said_waiting = False
+                continue
+            elsewhere = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+            if not elsewhere or not has_heartbeat(storage):
+                break
+            if not said_waiting:
+                said_waiting = True
+                log.info("budget spent; waiting for trials %s running in other workers to end", elsewhere)
+            time.sleep(storage.get_heartbeat_interval())
+
+    def _finish(self, study: optuna.Study, metric: str | None, fixed: list[str]) -> None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if done:
+            best = study.best_trial
+            name = metric or "value"
+            log.info("best trial #%d: %s = %s (%s), %s", best.number, name, best.value, self.direction, best.params)
+            OmegaConf.save(
+                OmegaConf.create({"trial": best.number, "value": best.value, "params": best.params}),
+                self.sweep_dir / "optimization_results.yaml",
+            )
+        try:
+            self._report(study, fixed)
+        except Exception as err:  # the plots and best.yaml are extras: the study and the jobs' records stand
+            log.warning("the study's report (plots, best.yaml) was not written: %s", err)
+
+    def _report(self, study: optuna.Study, fixed: list[str]) -> None:
+        """Plots and best.yaml for the whole study (a resumed sweep's earlier trials included)."""
+        loader = self.hydra_context.config_loader
+        report = write_study_report(
+            study,
+            self.sweep_dir,
+            fixed,
+            # a config group has options in this sweep's search path (--config-dir included)
+            is_group=lambda name: bool(loader.get_group_options(name)),
+            config_name=str(self.config.hydra.job.config_name),
+        )
+        if report.best_config:
+            log.info("the best trial as a config: %s; train it again with", report.best_config)
+            log.info("\t%s", command_line(report.config_command))
+            log.info("or\t%s", command_line(report.overrides))
+
+    def _ours(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """A trial this sweep folder ran (studies from before job folders were recorded: any, in their own SQLite)."""
+        job_dir = trial.user_attrs.get(JOB_DIR)
+        return Path(job_dir).parent == self.sweep_dir if job_dir else self.storage is None
+
+    def _run_batch(self, study: optuna.Study, trials: list[optuna.trial.Trial], fixed: list[str]) -> None:
+        # the launcher numbers jobs from initial_job_idx: consecutive trial numbers go together, so that each
+        # job's folder (hydra.job.num) is its trial's number
+        groups: list[list[optuna.trial.Trial]] = []
+        for trial in sorted(trials, key=lambda t: t.number):
+            if groups and groups[-1][-1].number + 1 == trial.number:
+                groups[-1].append(trial)
+            else:
+                groups.append([trial])
+        for group in groups:
+            overrides = [tuple(fixed + trial_overrides(trial.params)) for trial in group]
+            self.validate_batch_is_legal(overrides)
+            for trial, launched in zip(group, overrides):
+                # kept with the trial, so that its run can be reported (best.yaml) and found from the study alone
+                trial.set_user_attr(OVERRIDES, list(launched))
+                trial.set_user_attr(JOB_DIR, str(self.sweep_dir / str(trial.number)))
+                trial.set_user_attr(HOST, socket.gethostname())
+                retried = self.study_storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+                if retried is not None:
+                    log.info("trial #%d runs trial #%d again: its worker stopped", trial.number, retried)
+            with heartbeats(self.study_storage, group):
+                returns = self.launcher.launch(overrides, initial_job_idx=group[0].number)
+            for trial, ret in zip(group, returns):
+                self._tell(study, trial, ret)
+
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
+        (stored,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
+        if stored.state != TrialState.RUNNING:  # another worker took it for stale (heartbeats lost for too long)
+            log.warning(
+                "trial #%d was already told %s by another worker; its result is not recorded",
+                trial.number,
+                stored.state.name,
+            )
+            return
+        if ret.status != JobStatus.COMPLETED:
+            log.warning("trial #%d failed: %s", trial.number, ret._return_value)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        value = ret.return_value
+        # written by the job's pruning callback into the storage (the Trial object here holds a cached copy)
+        if PRUNED_AT in stored.user_attrs:
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            log.warning("trial #%d returned %r, not a number: told as failed", trial.number, value)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        study.tell(trial, float(value))
+
+
+def budget_spent(study: optuna.Study) -> int:
+    """Trials started or ended, a failed trial queued again counted once (its retry takes its place)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return sum(t.state != TrialState.WAITING and t.number not in retried for t in trials)
+
+
+@contextmanager
+def heartbeats(storage: BaseStorage, trials: list[optuna.trial.Trial]) -> Iterator[None]:
+    """Record the trials' heartbeats while their jobs run (Optuna's optimize() does this; ask-and-tell must)."""
+    if not has_heartbeat(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial in trials:
+                try:
+                    storage.record_heartbeat(trial._trial_id)
+                except Exception as err:  # the database is unreachable for a moment: try again next time
+                    log.warning("heartbeat of trial #%d not recorded: %s", trial.number, err)
+            if stop.wait(storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
