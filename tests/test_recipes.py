@@ -57,7 +57,7 @@ def test_bad_policy_options_fail_in_one_sentence():
 def test_mixup_cutmix_soft_targets_sum_to_one_and_accuracy_counts_hard_labels(make_config):
     cfg = make_config("train", ["model.mixup_alpha=0.2", "model.cutmix_alpha=1.0", "model.label_smoothing=0.1"])
     module = instantiate(cfg.model)
-    module._trainer = SimpleNamespace(_logger_connector=SimpleNamespace(should_update_logs=False))
+    module._trainer = SimpleNamespace(global_step=0, log_every_n_steps=50, should_stop=False)  # not a step that logs
     seen = []
 
     class Recording(torch.nn.Module):
