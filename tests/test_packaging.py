@@ -26,17 +26,68 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def build_wheel(tmp_path: Path) -> Path:
-    """The wheel of a copy of the project (symlinks kept), so the build leaves nothing in the checkout."""
+    """The wheel of a copy of the project, so the build leaves nothing in the checkout."""
+    project = copy_of_project(tmp_path)
+    run([sys.executable, "-m", "pip", "wheel", *OFFLINE, "-w", str(tmp_path / "wheel"), str(project)])
+    (wheel,) = (tmp_path / "wheel").glob("visiontrain-*.whl")
+    return wheel
+
+
+OFFLINE = ["--no-deps", "--no-build-isolation", "--check-build-dependencies", "--quiet"]
+
+
+def copy_of_project(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    shutil.copytree(PROJECT_ROOT / "src", project / "src", symlinks=True, ignore=ignore)
+    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(PROJECT_ROOT / name, project / name)
-    offline = ["--no-deps", "--no-build-isolation", "--check-build-dependencies", "--quiet"]
-    run([sys.executable, "-m", "pip", "wheel", *offline, "-w", str(tmp_path / "wheel"), str(project)])
-    (wheel,) = (tmp_path / "wheel").glob("visiontrain-*.whl")
-    return wheel
+    return project
+
+
+def venv_with_our_dependencies(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh environment (its python, its site-packages) whose dependencies come from this environment's
+    site-packages, added as a plain path line (.pth files there, such as an editable install's finder, are not
+    run)."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = venv / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site_packages = Path(run([str(python), "-c", purelib]).stdout.strip())
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
+    return python, site_packages
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATA_DIR")}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def test_the_package_list_names_every_package_of_the_source_tree():
+    """pyproject.toml lists the packages (the configs are mapped in as visiontrain.conf, not found): none left out."""
+    import tomllib
+
+    listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PROJECT_ROOT / "src").parts) for p in (PROJECT_ROOT / "src").rglob("*.py")}
+    groups = {".".join(("visiontrain", *d.relative_to(PROJECT_ROOT).parts)) for d in (PROJECT_ROOT / "conf").rglob("*/")}
+    assert found | groups | {"visiontrain.conf"} == listed
+    assert not (PROJECT_ROOT / "src" / "visiontrain" / "conf").exists()  # no symlink into conf/
+
+
+@pytest.mark.process
+def test_an_editable_install_reads_the_configs_of_its_source_tree(tmp_path):
+    project = copy_of_project(tmp_path)
+    python, _ = venv_with_our_dependencies(tmp_path)
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", *OFFLINE, "-e", str(project)])
+    where = "from visiontrain.runs.config import CONFIG_DIR; print(CONFIG_DIR)"
+    assert Path(run([str(python), "-c", where], env=clean_env(), cwd=tmp_path).stdout.strip()) == project / "conf"
+    shown = run(
+        [str(python), "-m", "visiontrain.cli.train", "--cfg", "job", "model=resnet"], env=clean_env(), cwd=tmp_path
+    )
+    assert "visiontrain.models.resnet" in shown.stdout
 
 
 @pytest.mark.process
@@ -48,18 +99,11 @@ def test_the_wheel_carries_the_configs_and_its_console_script_trains_from_any_fo
     assert [c for c in configs if c not in names] == []
     assert "hydra_plugins/visiontrain_optuna/__init__.py" in names
 
-    # a fresh environment holding the wheel's copy; the dependencies come from this environment's site-packages,
-    # added as a plain path line (.pth files there, such as an editable install's finder, are not run)
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    python = venv / "bin" / "python"
+    # a fresh environment holding the wheel's copy
+    python, site_packages = venv_with_our_dependencies(tmp_path)
+    venv = python.parent.parent
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index", wheel])
-    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site_packages = Path(run([str(python), "-c", purelib]).stdout.strip())
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATA_DIR")}
-    env["PYTHONWARNINGS"] = "ignore"
+    env = clean_env()
     where = run([str(python), "-c", "import visiontrain; print(visiontrain.__file__)"], env=env).stdout.strip()
     assert Path(where).resolve() == (site_packages / "visiontrain" / "__init__.py").resolve()
 

@@ -19,8 +19,17 @@ from visiontrain.runs import console, folders  # noqa: F401 (folders registers t
 
 log = logging.getLogger("visiontrain")
 
-# conf/ at the project root, reached through the package's conf symlink; a wheel holds a copy (pyproject.toml)
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def config_dir() -> Path:
+    """The configs: a wheel's copy inside the package (visiontrain/conf, mapped in pyproject.toml), else conf/ at
+    the root of the source tree this package runs from (a checkout, an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parents[1] / "conf"
+
+
+CONFIG_DIR = str(config_dir())
 
 
 def choice(cfg: DictConfig, group: str) -> str:
