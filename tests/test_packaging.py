@@ -72,7 +72,8 @@ def test_the_package_list_names_every_package_of_the_source_tree():
 
     listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(PROJECT_ROOT / "src").parts) for p in (PROJECT_ROOT / "src").rglob("*.py")}
-    groups = {".".join(("visiontrain", *d.relative_to(PROJECT_ROOT).parts)) for d in (PROJECT_ROOT / "conf").rglob("*/")}
+    conf = PROJECT_ROOT / "conf"
+    groups = {".".join(("visiontrain", *d.relative_to(PROJECT_ROOT).parts)) for d in conf.rglob("*/")}
     assert found | groups | {"visiontrain.conf"} == listed
     assert not (PROJECT_ROOT / "src" / "visiontrain" / "conf").exists()  # no symlink into conf/
 

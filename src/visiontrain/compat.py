@@ -14,6 +14,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, TypeVar
 
+import torch
 from lightning import Callback
 
 
@@ -129,6 +130,22 @@ def probe_weight_averaging() -> None:
             raise moved("lightning", f"EMAWeightAveraging has no {name} method")
 
 
+# --- torch: whether nn.Module.compile() has already compiled a module ---------------------------------------------
+# Module.compile() compiles in place (parameter names, and so checkpoints, unchanged) and keeps the compiled call
+# in an attribute that no public API reads; a second setup (fit, then test) must not compile again.
+def is_compiled(module: Any) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def probe_compiled_module() -> None:
+    module = torch.nn.Linear(1, 1)
+    if is_compiled(module):
+        raise moved("torch", "nn.Module holds a compiled call before compile()")
+    module.compile()
+    if not is_compiled(module):
+        raise moved("torch", "nn.Module.compile() no longer keeps its compiled call in _compiled_call_impl")
+
+
 # --- TensorBoard (torch.utils.tensorboard): the writer of a SummaryWriter's event file -------------------------
 # A resumed run writes a session-start marker at its step (visiontrain.callbacks.tensorboard), as
 # SummaryWriter(purge_step=...) would, into the logger's own writer once the checkpoint's step is known.
@@ -201,6 +218,7 @@ PROBES: dict[str, Callable[[], None]] = {
     "hook name attribute": probe_hook_name_attribute,
     "subprocess script launcher": probe_subprocess_script_launcher,
     "EMA weight averaging": probe_weight_averaging,
+    "compiled module": probe_compiled_module,
     "TensorBoard event file writer": probe_event_file_writer,
     "rendezvous store": probe_rendezvous_store,
     "Hydra command line": probe_hydra,

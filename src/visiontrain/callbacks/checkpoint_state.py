@@ -60,14 +60,14 @@ class SplitAgainstCheckpoint(Callback):
     validation split, if the training run had no test split), and if not, how many of its images were in each of
     the checkpoint's splits (``manifest.compare``)."""
 
-    def __init__(self, ckpt_path: str | Path) -> None:
+    def __init__(self, ckpt_path: str | Path, stored: dict[str, Any]) -> None:
         self.ckpt_path = ckpt_path
+        self.stored = stored  # the checkpoint's split manifest summary (ArtifactInfo.splits)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "test" or not trainer.is_global_zero or trainer.datamodule is None:
             return
-        info = artifact.load_checkpoint(self.ckpt_path, f"ckpt_path={self.ckpt_path}").info
-        stored = info.splits if info is not None else {}
+        stored = self.stored
         contents = trainer.datamodule.split_contents()
         if not stored or "test" not in contents:
             log.info("%s records no split manifest: the test split is not compared with the training run's",

@@ -23,7 +23,7 @@ from visiontrain.runs import config, console, records, reporting
 log = logging.getLogger("visiontrain")
 
 
-def configs_from_checkpoint(cfg: DictConfig) -> None:
+def configs_from_checkpoint(cfg: DictConfig, info: artifact.ArtifactInfo | None) -> None:
     """Use the checkpoint's own ``model`` and ``data`` configs unless ``model=`` / ``data=`` picks another option;
     ``model.*=`` / ``data.*=`` overrides typed on the command line still apply on top of the stored ones."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -33,7 +33,6 @@ def configs_from_checkpoint(cfg: DictConfig) -> None:
     except ValueError:  # composed outside a Hydra app: nothing was overridden
         typed = []
     overrides = OverridesParser.create().parse_overrides(typed)
-    info = artifact.load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}").info
     stored_configs = info.configs if info is not None else {}
     for section in ("model", "data"):
         stored = stored_configs.get(section)
@@ -53,12 +52,14 @@ def configs_from_checkpoint(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint: its own model and data configs (``configs_from_checkpoint``), rebuilt without any
-    pretrained weights, its weights loaded by ``trainer.test``; returns the test metrics (also metrics.json)."""
+    pretrained weights, its weights loaded into the model; returns the test metrics (also metrics.json). The file
+    is read once, here, and what it holds is handed on."""
     if not cfg.get("ckpt_path"):
         raise UserError("eval.py needs ckpt_path=<path to a .ckpt file>.")
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
-    configs_from_checkpoint(cfg)
+    checkpoint = artifact.load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
+    configs_from_checkpoint(cfg, checkpoint.info)
     config.check_values(cfg)
     with open_dict(cfg):  # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
         cfg.model = OmegaConf.create(without_pretrained(OmegaConf.to_container(cfg.model, resolve=False)))
@@ -75,12 +76,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.check_data(datamodule.spec)
     loggers = config.instantiate_group(cfg.get("logger"))
     # one line on whether the test split is the one the checkpoint was tested on (its split manifest)
-    callbacks = [console.ProgressBar(), SplitAgainstCheckpoint(cfg.ckpt_path)]
+    stored_splits = checkpoint.info.splits if checkpoint.info is not None else {}
+    callbacks = [console.ProgressBar(), SplitAgainstCheckpoint(cfg.ckpt_path, stored_splits)]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     records.log_config_hyperparameters(cfg, trainer.loggers)
 
-    try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    try:  # what trainer.test(ckpt_path=...) would do, without reading the file again
+        model.on_load_checkpoint(checkpoint.content)
+        model.load_state_dict(checkpoint.content["state_dict"])
     except RuntimeError as err:
         if "loading state_dict" not in str(err):
             raise
@@ -89,6 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"checkpoint {cfg.ckpt_path} does not fit the model config ({first.rstrip('.')}); "
             "leave out the model overrides to use the config stored in the checkpoint."
         ) from err
+    trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = records.scalar_metrics(trainer.callback_metrics)
     console.log_test_metrics(metrics, str(cfg.ckpt_path))
     records.record_results(cfg, trainer, metrics, trainer.loggers)

@@ -16,7 +16,6 @@ import hydra
 from omegaconf import DictConfig
 from rich.progress import track
 
-from visiontrain import artifact
 from visiontrain.cli import checks
 from visiontrain.data import manifest, preprocessing
 from visiontrain.errors import UserError
@@ -36,7 +35,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     serving = model.serving
     files = list_inputs(str(cfg.input))
     if cfg.get("ckpt_path"):  # say which inputs the model has seen: the checkpoint's split manifest
-        overlap = manifest.input_overlap(files, artifact.load_checkpoint(cfg.ckpt_path, training_run=False).info.splits)
+        overlap = manifest.input_overlap(files, model.splits)
         if overlap:
             log.info(overlap[0].upper() + overlap[1:])
     # the run folder itself by default (with output=<dir>, Hydra's run folder is that folder too: conf/predict.yaml)

@@ -20,7 +20,6 @@ from visiontrain.runs import console, folders  # noqa: F401 (folders registers t
 log = logging.getLogger("visiontrain")
 
 
-
 def config_dir() -> Path:
     """The configs: a wheel's copy inside the package (visiontrain/conf, mapped in pyproject.toml), else conf/ at
     the root of the source tree this package runs from (a checkout, an editable install)."""

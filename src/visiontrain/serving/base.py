@@ -47,6 +47,7 @@ class LoadedModel:
     source: str
     module: torch.nn.Module | None = None  # the network in its exported form, when loaded from a checkpoint
     category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K (COCO's are sparse)
+    splits: dict[str, Any] | None = None  # a checkpoint's split manifest summary: what its training run saw
 
     @property
     def info(self) -> artifact.ArtifactInfo:

@@ -39,7 +39,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") ->
     task_module.set_tta(tta)  # a mode the task lacks ends here, before any image is read
     task_module.load_state_dict(checkpoint.content["state_dict"])
     module = serving.exported_form(task_module.net).eval().to(device)
-    return loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
+    model = loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
+    model.splits = info.splits
+    return model
 
 
 def load_onnx(path: str | Path) -> LoadedModel:

@@ -13,7 +13,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from visiontrain import artifact
+from visiontrain import artifact, compat
 from visiontrain.compat import HOOK_NAME_ATTRIBUTE
 from visiontrain.data.spec import DataSpec
 from visiontrain.errors import UserError
@@ -133,8 +133,20 @@ class VisionTask(LightningModule):
         self.channels_last = memory_format.resolve(channels_last, net)
         if self.channels_last:  # NHWC weights (loading a state dict keeps the format); inputs: to_memory_format
             memory_format.apply(self.net, True)
-        self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self.class_names: list[str] = []
         self.category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K
+        self.name_classes(*self.numbered_classes(num_classes))
+
+    def numbered_classes(self, num_classes: int) -> tuple[list[str], list[int] | None]:
+        """Names (and ids) before the data's or a checkpoint's are known: the class indices."""
+        return [str(i) for i in range(num_classes)], None
+
+    def name_classes(self, names: Sequence[str], category_ids: Sequence[int] | None = None) -> None:
+        """The one writer of the class names (and detection's category ids): numbered at construction, the data's
+        at set-up, the checkpoint's when one is loaded."""
+        self.class_names = list(names)
+        if category_ids is not None:
+            self.category_ids = list(category_ids)
 
     # --- set-up ---------------------------------------------------------------------------------
     def dry_run(self, input_shape: tuple[int, ...], data_name: str) -> Any:
@@ -184,10 +196,11 @@ class VisionTask(LightningModule):
         datamodule = self.trainer.datamodule
         spec = datamodule.spec if datamodule is not None else None
         if spec is not None and spec.num_classes == len(self.class_names):
-            self.class_names = list(spec.class_names)
+            ids = spec.category_ids if spec.category_ids and len(spec.category_ids) == len(self.class_names) else None
+            self.name_classes(spec.class_names, ids)
         if stage == "fit" and self.class_weights() is not None:
             self.fit_class_weights(datamodule)
-        if self.compile_net and not getattr(self.net, "_compiled_call_impl", None):
+        if self.compile_net and not compat.is_compiled(self.net):
             self.net.compile()  # in place: parameter names, and so checkpoints, are unchanged
 
     def fit_class_weights(self, datamodule: Any) -> None:
@@ -280,6 +293,4 @@ class VisionTask(LightningModule):
         """The names (and ids) the checkpoint was trained with; the artifact callback writes them."""
         info = artifact.describe(checkpoint, "the checkpoint")
         if info is not None:
-            self.class_names = list(info.class_names)
-            if info.category_ids is not None:
-                self.category_ids = list(info.category_ids)
+            self.name_classes(info.class_names, info.category_ids)

@@ -112,9 +112,6 @@ class DetectionModule(VisionTask):
         super().__init__(net, optimizer, scheduler, num_classes, decay_norm_and_bias, channels_last=channels_last)
         self.set_tta(tta, "model.tta")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.class_names = [str(i) for i in range(1, num_classes + 1)]  # labels 1..K; 0 is background
-        # the dataset's own id of each label (COCO's are sparse); saved in checkpoints for predict/export
-        self.category_ids = list(range(1, num_classes + 1))
         predicts_masks = bool(getattr(net, "predicts_masks", False))
         if masks != predicts_masks:
             raise UserError(
@@ -148,8 +145,11 @@ class DetectionModule(VisionTask):
             return
         if self.hparams.masks and not spec.with_masks:
             raise UserError("the model predicts instance masks but the data is read without them; set data.masks=true.")
-        if spec.category_ids and len(spec.category_ids) == len(self.category_ids):
-            self.category_ids = list(spec.category_ids)
+
+    def numbered_classes(self, num_classes: int) -> tuple[list[str], list[int] | None]:
+        # labels 1..K (0 is background); the dataset's own id of each label (COCO's are sparse) replaces them at
+        # set-up, and travels in checkpoints for predict and export
+        return [str(i) for i in range(1, num_classes + 1)], list(range(1, num_classes + 1))
 
     def forward(self, images: list[torch.Tensor], targets: list[Target] | None = None) -> Any:
         return self.net(images, targets)
