@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_cli
-from visiontrain.cli.checks import check_overrides, split_command_line
+from visiontrain.cli.checks import check_overrides
 from visiontrain.errors import UserError
+from visiontrain.runs import command_line
 
 
 def refusal(args: list[str], config_name: str = "train") -> str:
@@ -65,9 +66,10 @@ def test_valid_commands_pass(args):
 
 def test_flags_are_not_overrides():
     args = ["-m", "--config-dir", "extra", "seed=1", "--cfg", "job", "--info", "config", "--package=model"]
-    overrides, flags = split_command_line(args)
-    assert overrides == ["seed=1"]
-    assert flags == {"-m": "", "--config-dir": "extra", "--cfg": "job", "--info": "config", "--package": "model"}
+    typed = command_line.read(args)  # Hydra's own parser
+    assert typed.overrides == ["seed=1"]
+    assert typed.flags == {"multirun": True, "config_dir": "extra", "cfg": "job", "info": "config", "package": "model"}
+    assert typed.multirun and not typed.runs_the_task and typed.composes_our_config
 
 
 def test_the_command_refuses_a_typo_before_hydra_creates_a_run_folder(tmp_path):

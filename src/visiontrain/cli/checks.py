@@ -24,52 +24,25 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from visiontrain.errors import UserError
+from visiontrain.runs import command_line
 from visiontrain.runs.config import CONFIG_DIR
 
-# Hydra's flags that take the next argument as their value (unless written --flag=value)
-FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
-FLAGS_WITH_VALUE |= {"--config-dir", "-cd", "--experimental-rerun"}
-INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-# after these flags the arguments are not overrides of our config: Hydra handles those commands alone
-NOT_A_RUN = {"--config-path", "-cp", "--experimental-rerun", "--shell-completion", "-sc", "--version", "--hydra-help"}
 TRAINER = "lightning.pytorch.Trainer"
 TRAINER_TARGETS = {TRAINER, "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer"}
 # group sweeps (model=resnet,unet) compose once per combination, up to this many, before a key counts as unknown
 MAX_COMPOSITIONS = 8
 
 
-def split_command_line(args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The overrides and the flags (flag -> value, "" without one) of a Hydra command line."""
-    overrides: list[str] = []
-    flags: dict[str, str] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if not arg.startswith("-"):
-            overrides.append(arg)
-            continue
-        name, equals, value = arg.partition("=")
-        if (
-            not equals
-            and i < len(args)
-            and (name in FLAGS_WITH_VALUE or (name in ("--info", "-i") and args[i] in INFO_TOPICS))
-        ):
-            value = args[i]
-            i += 1
-        flags[name] = value
-    return overrides, flags
-
-
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Raise a UserError (one sentence) for the first mistyped key, group option or Trainer argument in ``args``
     (the command-line arguments after the script, as Hydra will read them), or for SLURM resources that disagree
     with the Trainer's."""
-    overrides, flags = split_command_line(args)
-    if not overrides or NOT_A_RUN & flags.keys():
+    typed = command_line.read(args)
+    overrides = typed.overrides
+    if not overrides or not typed.composes_our_config:
         return
-    config_name = flags.get("--config-name") or flags.get("-cn") or config_name
-    extra_dirs = [flags[f] for f in ("--config-dir", "-cd") if flags.get(f)]
+    config_name = typed.flags.get("config_name") or config_name
+    extra_dirs = [typed.flags["config_dir"]] if typed.flags.get("config_dir") else []
     config_dirs = [Path(CONFIG_DIR), *(Path(d).resolve() for d in extra_dirs)]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

@@ -23,6 +23,7 @@ from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models import weights
 from visiontrain.runs import browse, config, console, ddp, records, reporting, resume, run_lock, trackers
+from visiontrain.runs.command_line import read as command_line_of
 
 log = logging.getLogger("visiontrain")
 
@@ -128,23 +129,30 @@ def named_folder(args: list[str], prefix: str) -> str | None:
     return values[-1] if values and values[-1] not in ("", "null") else None
 
 
+def command_line(args: list[str]) -> list[str]:
+    """What Hydra runs for what was typed, every rewrite in order; a mistake is a UserError (one sentence) before
+    Hydra creates or touches any folder."""
+    # 1. an extra process of a DDP job (a multirun's, torchrun's, srun's) runs its job's command line
+    args = ddp.job_command_line(args)
+    # 2. a folder named by resume= is held before anything is written into it (a second run on it is refused)
+    hold = not command_line_of(args).multirun and run_lock.first_process()
+    resumed = named_folder(args, "resume=")
+    if hold and resumed and Path(resumed).is_dir():
+        run_lock.acquire(resumed)
+    # 3. resume= takes back that run's own overrides, refusing changes to what was trained
+    args = resume.resume_command_line(args)
+    # 4. mistyped keys, group options and Trainer arguments are refused
+    checks.check_overrides("train", args)
+    # 5. a folder named by hydra.run.dir= is held too
+    if hold and named_folder(args, "hydra.run.dir="):
+        run_lock.acquire(named_folder(args, "hydra.run.dir="))
+    return args
+
+
 def main() -> None:
-    """The command. ``resume=<run dir>`` first takes back that run's command line (visiontrain.runs.resume); a DDP
-    process of a multirun job runs that job's command line (visiontrain.runs.ddp). Mistyped keys, group options and
-    Trainer arguments are refused before Hydra creates the run folder (visiontrain.cli.checks)."""
+    """The command: the command line rewritten (``command_line``), then the Hydra app."""
     try:
-        args = ddp.job_command_line(sys.argv[1:])
-        # a folder named on the command line is taken before anything is written into it (the records of a
-        # resumed attempt, Hydra's .hydra/ and train.log): a second run on it is refused first
-        single = not {"-m", "--multirun"} & set(args) and run_lock.first_process()
-        resumed = named_folder(args, "resume=")
-        if single and resumed and Path(resumed).is_dir():
-            run_lock.acquire(resumed)
-        args = resume.resume_command_line(args)
-        checks.check_overrides("train", args)
-        if single and named_folder(args, "hydra.run.dir="):
-            run_lock.acquire(named_folder(args, "hydra.run.dir="))
-        sys.argv[1:] = args
+        sys.argv[1:] = command_line(sys.argv[1:])
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     try:

@@ -33,6 +33,7 @@ from torch.distributed import PrefixStore, Store, TCPStore
 
 from visiontrain import compat
 from visiontrain.errors import UserError
+from visiontrain.runs import command_line
 from visiontrain.runs.resume import is_multirun, resumable_checkpoint
 
 JOB_DIR_ENV = "VISIONTRAIN_DDP_JOB_DIR"
@@ -122,10 +123,11 @@ def job_command_line(args: list[str]) -> list[str]:
         return args
     if torch.distributed.is_torchelastic_launched() and _world_size() > 1:
         return _torchrun_command_line(args)
-    if _srun_tasks() > 1 and not {"-m", "--multirun"} & set(args):
+    multirun = command_line.read(args).multirun
+    if _srun_tasks() > 1 and not multirun:
         return _srun_command_line(args)
     job_dir = os.environ.get(JOB_DIR_ENV)
-    if not job_dir or os.environ.get("LOCAL_RANK", "0") == "0" or not {"-m", "--multirun"} & set(args):
+    if not job_dir or os.environ.get("LOCAL_RANK", "0") == "0" or not multirun:
         return args
     overrides = [str(o) for o in OmegaConf.load(Path(job_dir) / ".hydra" / "overrides.yaml")]
     # Lightning names each process's log (hydra.job.name=train_ddp_process_<rank>); nothing else is written
@@ -144,14 +146,12 @@ def _in_run_dir(overrides: list[str], run_dir: str, names: list[str]) -> list[st
     return [*overrides, f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null", *names]
 
 
-# Hydra's flags after which it prints or completes and runs nothing: every process may do that on its own
-NOT_A_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion", "-sc"}
 # what rank 0 set for itself (or that every process sets for itself) in a command line handed on
 OWN_SETTINGS = ("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
 
 
 def _runs_the_task(args: list[str]) -> bool:
-    return not NOT_A_RUN & {a.split("=", 1)[0] for a in args}
+    return command_line.read(args).runs_the_task
 
 
 def _world_size() -> int:
@@ -179,7 +179,7 @@ def _torchrun_command_line(args: list[str]) -> list[str]:
     """Global rank 0 runs its own command line (and shares it, see ``share_run_dir``); every other process waits
     for rank 0's run folder and command line, and runs that command line in that folder. Nothing but rank 0 reads
     or takes back a command line, so ``resume=<run dir>`` typed on every node continues one run."""
-    if {"-m", "--multirun"} & set(args):
+    if command_line.read(args).multirun:
         raise UserError(
             "torchrun starts the processes of one run: leave -m out (a sweep of multi-node runs: hydra/launcher=slurm)."
         )

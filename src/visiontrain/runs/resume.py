@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from visiontrain.artifact import load_checkpoint
 from visiontrain.errors import UserError
+from visiontrain.runs import command_line
 
 log = logging.getLogger("visiontrain")
 
@@ -42,7 +43,8 @@ def resume_command_line(args: list[str]) -> list[str]:
     last checkpoint. Multiruns are left as typed (their jobs resume one by one, see ``checkpoint_to_resume``).
     """
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if not resume or resume[-1] in ("", "null") or "-m" in args or "--multirun" in args:
+    read = command_line.read(args)
+    if not resume or resume[-1] in ("", "null") or read.multirun:
         return args
     value = resume[-1]
     run_dir = Path(value)
@@ -53,7 +55,8 @@ def resume_command_line(args: list[str]) -> list[str]:
     resumable_checkpoint(run_dir, f"resume={value}")
     if not overrides_file.is_file():
         raise UserError(f"resume={value}: {overrides_file.resolve()} is missing, so this is not a run of train.py.")
-    typed_keys = {key for key, _ in _override_keys([a for a in args if not a.startswith("-")])}
+    typed = read.overrides
+    typed_keys = {key for key, _ in _override_keys(typed)}
     if "ckpt_path" in typed_keys and not any(a in ("ckpt_path=", "ckpt_path=null") for a in args):
         raise UserError(BOTH_GIVEN)
     for other in [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]:
@@ -61,7 +64,6 @@ def resume_command_line(args: list[str]) -> list[str]:
             raise UserError(f"resume={value} continues in {run_dir}; leave hydra.run.dir out, it follows resume.")
 
     original = [str(o) for o in OmegaConf.load(overrides_file)]
-    typed = [a for a in args if not a.startswith("-")]
     check_unchanged_training(value, original, typed)
     replaced = set(_override_keys(typed)) | {(key, None) for key in NOT_INHERITED}
     kept = [o for o, key in zip(original, _override_keys(original)) if key not in replaced]
