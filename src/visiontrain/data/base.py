@@ -121,7 +121,7 @@ class SplitDataModule(LightningDataModule):
     attributes below and says where its class names come from (``read_class_names``)."""
 
     name: str = ""
-    task: str = ""  # one of visiontrain.data.spec.TASKS, set by each family's base class
+    task: str = ""  # a kind of visiontrain.kinds, set by each family's base class
     input_shape: tuple[int, int, int] | None = None
     preprocessing: dict[str, Any]
     # as the config gives it; None: the data's own count, known once its class names are read

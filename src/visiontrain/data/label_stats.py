@@ -22,6 +22,7 @@ from scipy.ndimage import find_objects
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from visiontrain import kinds
 from visiontrain.data.detection_dataset import DetectionDataset, DetectionSource
 from visiontrain.data.imagefolder import dataset_labels
 from visiontrain.data.in_memory import TensorImageDataset
@@ -44,18 +45,14 @@ def label_stats(datamodule: Any, max_masks: int | None = None) -> dict[str, Any]
     """``{"data", "task", "class_names", "splits": {split: {...}}}`` for the train, val and test splits the
     datamodule has (set up already). What each split holds depends on the task; see the ``*_split`` functions."""
     spec = datamodule.spec
+    statistics = kinds.of(spec.task).part("label_statistics")
     splits: dict[str, Any] = {}
     for split in SPLITS:
         dataset = getattr(datamodule, f"{split}_set", None)
         if dataset is None:
             continue
         start = time.perf_counter()
-        if spec.task == "classification":
-            splits[split] = classification_split(dataset, spec.num_classes)
-        elif spec.task == "segmentation":
-            splits[split] = segmentation_split(dataset, spec.num_classes, datamodule.ignore_index, max_masks)
-        else:
-            splits[split] = detection_split(dataset, spec.num_classes)
+        splits[split] = statistics(dataset, datamodule, max_masks)
         log.info("%s %s: labels counted in %.1f s", spec.name, split, time.perf_counter() - start)
     return {"data": spec.name, "task": spec.task, "class_names": list(spec.class_names), "splits": splits}
 
@@ -176,3 +173,16 @@ def detection_split(dataset: DetectionDataset, num_classes: int) -> dict[str, An
             "large": int((area >= COCO_MEDIUM).sum()),
         },
     }
+
+
+# --- each kind's entry (visiontrain.kinds): (dataset, datamodule, max_masks) -> the split's statistics ----------
+def classification_statistics(dataset: Dataset, datamodule: Any, max_masks: int | None) -> dict[str, Any]:
+    return classification_split(dataset, datamodule.spec.num_classes)
+
+
+def segmentation_statistics(dataset: Dataset, datamodule: Any, max_masks: int | None) -> dict[str, Any]:
+    return segmentation_split(dataset, datamodule.spec.num_classes, datamodule.ignore_index, max_masks)
+
+
+def detection_statistics(dataset: Dataset, datamodule: Any, max_masks: int | None) -> dict[str, Any]:
+    return detection_split(dataset, datamodule.spec.num_classes)

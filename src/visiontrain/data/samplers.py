@@ -20,12 +20,16 @@ import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import Sampler, WeightedRandomSampler
 
+from visiontrain import kinds
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# data.sampler -> the task it is for
-SAMPLERS = {"balanced": "classification", "repeat_factor": "detection"}
+# data.sampler -> what it does (the kinds whose data offers each: visiontrain.kinds)
+SAMPLERS = {
+    "balanced": "draws images by their one class",
+    "repeat_factor": "repeats images by the rarest class of the objects in them",
+}
 # detection's choice of data.repeat_threshold when the config gives none (see conf/data/coco_detection.yaml): LVIS's
 # 0.001 suits 1,000+ classes over 100k images; with a handful of classes over a few hundred images no class is that
 # rare, so a class is rare here when it is in fewer than 10 % of the training images
@@ -36,17 +40,14 @@ def checked_sampler(sampler: str | None, task: str) -> str | None:
     """``data.sampler`` as the config gives it, checked against the data's task: one sentence otherwise."""
     if sampler is None:
         return None
+    offered = {name: kind.name for kind in kinds.KINDS.values() for name in kind.samplers}
     if sampler not in SAMPLERS:
-        choices = ", ".join(f"{name} ({for_task})" for name, for_task in SAMPLERS.items())
+        choices = ", ".join(f"{name} ({offered.get(name)})" for name in SAMPLERS)
         raise UserError(f"data.sampler={sampler!r} is not a sampler: choose {choices}, or null (shuffle).")
-    if SAMPLERS[sampler] != task:
-        fitting = [name for name, for_task in SAMPLERS.items() if for_task == task]
+    fitting = kinds.of(task).samplers
+    if sampler not in fitting:
         instead = f"data.sampler={fitting[0]} or null" if fitting else "data.sampler=null"
-        why = {
-            "balanced": "draws images by their one class",
-            "repeat_factor": "repeats images by the rarest class of the objects in them",
-        }[sampler]
-        raise UserError(f"data.sampler={sampler} {why}, and this is {task} data; set {instead}.")
+        raise UserError(f"data.sampler={sampler} {SAMPLERS[sampler]}, and this is {task} data; set {instead}.")
     return sampler
 
 

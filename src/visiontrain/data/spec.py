@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-TASKS = ("classification", "segmentation", "detection")
-
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -16,7 +14,7 @@ class DataSpec:
     else the config's; reading ``spec`` may read those files, never the images."""
 
     name: str  # for messages: "MNIST", "the image folder /data/pets"
-    task: str  # one of TASKS: what the labels are (an image's class, a class per pixel, objects)
+    task: str  # a kind of visiontrain.kinds: what the labels are (an image's class, a class per pixel, objects)
     class_names: tuple[str, ...]  # class k (detection: the object class of label k + 1)
     input_shape: tuple[int, int, int] | None  # channels x H x W the network gets; None: each image its own size
     preprocessing: dict[str, Any]  # the test-time input pipeline as plain data (visiontrain.data.preprocessing)

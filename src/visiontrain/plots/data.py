@@ -243,3 +243,71 @@ def histograms_figure(histograms: Sequence[Mapping[str, Any]], title: str) -> pl
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- each kind's drawings for debug=browse (visiontrain.kinds) ------------------------------------------------
+def classification_samples(images: list[torch.Tensor], targets: list[Any], datamodule: Any, title: str) -> plt.Figure:
+    return classification_grid(images, targets, datamodule.spec.class_names, title)
+
+
+def segmentation_samples(images: list[torch.Tensor], targets: list[Any], datamodule: Any, title: str) -> plt.Figure:
+    return segmentation_grid(images, targets, datamodule.spec.class_names, datamodule.ignore_index, title)
+
+
+def detection_samples(images: list[torch.Tensor], targets: list[Any], datamodule: Any, title: str) -> plt.Figure:
+    return detection_grid(images, targets, datamodule.spec.class_names, title)
+
+
+def classification_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
+    bars = {f"{s} ({v['images']} images)": (v["images_per_class"], v["images"]) for s, v in splits.items()}
+    title = f"{data}: images per class (count beside each bar)"
+    return [("images_per_class", class_bars_figure(names, bars, "share of the split's images (%)", title))]
+
+
+def segmentation_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
+    def label(split: str, values: dict[str, Any]) -> str:
+        read, total = values["masks_read"], values["images"]
+        return f"{split} ({total} masks)" if read == total else f"{split} ({read} of {total} masks, evenly spaced)"
+
+    pixels = {label(s, v): (v["pixels_per_class"], sum(v["pixels_per_class"])) for s, v in splits.items()}
+    holding = {label(s, v): (v["images_with_class"], v["masks_read"]) for s, v in splits.items()}
+    ignored = ", ".join(f"{s} {compact(v['ignored_pixels'])}" for s, v in splits.items())
+    pixels_title = f"{data}: pixels per class, masks as stored (ignored pixels: {ignored})"
+    holding_title = f"{data}: masks holding each class (count beside each bar)"
+    return [
+        ("pixels_per_class", class_bars_figure(names, pixels, "share of labelled pixels (%)", pixels_title)),
+        ("images_per_class", class_bars_figure(names, holding, "share of masks (%)", holding_title)),
+    ]
+
+
+def detection_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Objects per class in every split; boxes per image, box sizes and aspect ratios of the training split."""
+    bars = {
+        f"{s} ({v['images']} images)": (v["instances_per_class"], sum(v["instances_per_class"]))
+        for s, v in splits.items()
+    }
+    crowd = sum(v["crowd_instances"] for v in splits.values())
+    title = f"{data}: objects per class" + (f" (crowd regions left out: {crowd})" if crowd else "")
+    drawn = [("instances_per_class", class_bars_figure(names, bars, "share of the split's objects (%)", title))]
+    train = splits.get("train")
+    if train is None:
+        return drawn
+    about = f"{data}, training split: {train['images']} images, {sum(train['instances_per_class'])} boxes as annotated"
+    per_image = {
+        "edges": [n - 0.5 for n in range(len(train["boxes_per_image"]) + 1)],
+        "counts": train["boxes_per_image"],
+        "xlabel": "boxes per image",
+    }
+    area = train["box_area"]
+    coco = f"by area: {area['small']} small (< 32²), {area['medium']} medium, {area['large']} large (≥ 96²)"
+    sides = [
+        {**train["box_width"], "xlabel": "box width (pixels)", "log": True},
+        {**train["box_height"], "xlabel": "box height (pixels)", "log": True},
+    ]
+    aspect = {**train["box_aspect_ratio"], "xlabel": "box width / height", "log": True}
+    return [
+        *drawn,
+        ("boxes_per_image", histograms_figure([per_image], about)),
+        ("box_sizes", histograms_figure(sides, f"{about}\n{coco}")),
+        ("box_aspect_ratios", histograms_figure([aspect], about)),
+    ]

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
+from visiontrain import kinds
 from visiontrain.data.label_stats import label_stats
 from visiontrain.errors import UserError
 from visiontrain.plots import data as figures
@@ -140,69 +141,10 @@ def sample_grid(cfg: DictConfig, datamodule: Any, images: list[torch.Tensor], ta
     title += f"(seed {cfg.get('seed')})"
     if OmegaConf.select(cfg, "model.mixup_alpha", default=0) or OmegaConf.select(cfg, "model.cutmix_alpha", default=0):
         title += ", before the model's MixUp/CutMix (debug=augment shows them)"
-    if spec.task == "classification":
-        return figures.classification_grid(images, targets, spec.class_names, title)
-    if spec.task == "segmentation":
-        return figures.segmentation_grid(images, targets, spec.class_names, datamodule.ignore_index, title)
-    return figures.detection_grid(images, targets, spec.class_names, title)
+    return kinds.of(spec.task).part("sample_grid")(images, targets, datamodule, title)
 
 
 def stats_figures(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     """``(name, figure)`` for each statistic of the data's task."""
-    draw = {"classification": classification_figures, "segmentation": segmentation_figures}
-    return draw.get(stats["task"], detection_figures)(stats["data"], stats["class_names"], stats["splits"])
-
-
-def classification_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
-    bars = {f"{s} ({v['images']} images)": (v["images_per_class"], v["images"]) for s, v in splits.items()}
-    title = f"{data}: images per class (count beside each bar)"
-    return [("images_per_class", figures.class_bars_figure(names, bars, "share of the split's images (%)", title))]
-
-
-def segmentation_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
-    def label(split: str, values: dict[str, Any]) -> str:
-        read, total = values["masks_read"], values["images"]
-        return f"{split} ({total} masks)" if read == total else f"{split} ({read} of {total} masks, evenly spaced)"
-
-    pixels = {label(s, v): (v["pixels_per_class"], sum(v["pixels_per_class"])) for s, v in splits.items()}
-    holding = {label(s, v): (v["images_with_class"], v["masks_read"]) for s, v in splits.items()}
-    ignored = ", ".join(f"{s} {figures.compact(v['ignored_pixels'])}" for s, v in splits.items())
-    pixels_title = f"{data}: pixels per class, masks as stored (ignored pixels: {ignored})"
-    holding_title = f"{data}: masks holding each class (count beside each bar)"
-    return [
-        ("pixels_per_class", figures.class_bars_figure(names, pixels, "share of labelled pixels (%)", pixels_title)),
-        ("images_per_class", figures.class_bars_figure(names, holding, "share of masks (%)", holding_title)),
-    ]
-
-
-def detection_figures(data: str, names: list[str], splits: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Objects per class in every split; boxes per image, box sizes and aspect ratios of the training split."""
-    bars = {
-        f"{s} ({v['images']} images)": (v["instances_per_class"], sum(v["instances_per_class"]))
-        for s, v in splits.items()
-    }
-    crowd = sum(v["crowd_instances"] for v in splits.values())
-    title = f"{data}: objects per class" + (f" (crowd regions left out: {crowd})" if crowd else "")
-    drawn = [("instances_per_class", figures.class_bars_figure(names, bars, "share of the split's objects (%)", title))]
-    train = splits.get("train")
-    if train is None:
-        return drawn
-    about = f"{data}, training split: {train['images']} images, {sum(train['instances_per_class'])} boxes as annotated"
-    per_image = {
-        "edges": [n - 0.5 for n in range(len(train["boxes_per_image"]) + 1)],
-        "counts": train["boxes_per_image"],
-        "xlabel": "boxes per image",
-    }
-    area = train["box_area"]
-    coco = f"by area: {area['small']} small (< 32²), {area['medium']} medium, {area['large']} large (≥ 96²)"
-    sides = [
-        {**train["box_width"], "xlabel": "box width (pixels)", "log": True},
-        {**train["box_height"], "xlabel": "box height (pixels)", "log": True},
-    ]
-    aspect = {**train["box_aspect_ratio"], "xlabel": "box width / height", "log": True}
-    return [
-        *drawn,
-        ("boxes_per_image", figures.histograms_figure([per_image], about)),
-        ("box_sizes", figures.histograms_figure(sides, f"{about}\n{coco}")),
-        ("box_aspect_ratios", figures.histograms_figure([aspect], about)),
-    ]
+    draw = kinds.of(stats["task"]).part("statistics_figures")
+    return draw(stats["data"], stats["class_names"], stats["splits"])

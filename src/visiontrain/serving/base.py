@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from visiontrain import artifact
+from visiontrain import artifact, kinds
 from visiontrain.data import preprocessing
 from visiontrain.errors import UserError
 from visiontrain.tasks.tta import augmented
@@ -81,17 +81,11 @@ class Logits(torch.nn.Module):
 
 
 class TaskServing:
-    """One task's serving (see the module docstring); subclasses set ``task`` and register themselves."""
+    """One task's serving (see the module docstring); each kind names its subclass in visiontrain.kinds."""
 
     task: ClassVar[str] = ""
     # the fewest images an export is checked on
     min_check_images: ClassVar[int] = 1
-    _registered: ClassVar[dict[str, type[TaskServing]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.task:
-            TaskServing._registered[cls.task] = cls
 
     # --- running ------------------------------------------------------------------------------
     def exported_form(self, net: nn.Module) -> nn.Module:
@@ -165,13 +159,8 @@ class TaskServing:
 
 
 def serving_for(task: str) -> TaskServing:
-    """The serving of the task an artifact names."""
-    from visiontrain.serving import classification, detection, segmentation  # noqa: F401 (they register theirs)
-
-    if task not in TaskServing._registered:
-        known = ", ".join(TaskServing._registered)
-        raise UserError(f"visiontrain has no serving for {task or 'an unnamed'} task; it serves {known}.")
-    return TaskServing._registered[task]()
+    """The serving of the task an artifact names (its kind's, visiontrain.kinds)."""
+    return kinds.of(task).part("serving")()
 
 
 # --- export helpers shared by the tasks -----------------------------------------------------------

@@ -22,14 +22,9 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
+from visiontrain import kinds
 from visiontrain.errors import UserError
 
-# what each task offers; "none" first: the default
-MODES: dict[str, tuple[str, ...]] = {
-    "classification": ("none", "flip"),
-    "segmentation": ("none", "flip", "flip_scale"),
-    "detection": ("none", "flip"),
-}
 # flip_scale's scales, each image resized by these factors
 SCALES = (0.75, 1.0, 1.25)
 # scaled sizes are rounded to multiples of this: encoders with output stride 32 (U-Net, FPN, ...) need them
@@ -40,10 +35,10 @@ MERGE_IOU = 0.5
 
 def checked(task: str, mode: str, option: str = "tta") -> str:
     """``mode`` if ``task`` offers it; otherwise one sentence naming ``option`` (what the user typed)."""
-    offered = MODES[task]
+    offered = ("none", *kinds.of(task).tta_modes)  # "none" first: the default
     if mode in offered:
         return mode
-    if any(mode in modes for modes in MODES.values()):
+    if any(mode in kind.tta_modes for kind in kinds.KINDS.values()):
         raise UserError(f"{option}={mode} is not available for {task} models, which take {option}={'|'.join(offered)}.")
     raise UserError(f"{option}={mode!r}: choose one of {', '.join(offered)}.")
 
@@ -54,10 +49,19 @@ def augmented(task: str, mode: str, forward: Callable[[Any], Any], images: Any) 
     of ``(3, H, W)`` images and returning a dict of boxes, labels, scores (and masks) per image."""
     if mode == "none":
         return forward(images)
-    if task == "classification":
-        return flip_logits(forward, images)
-    if task == "segmentation":
-        return flip_scale_log_probabilities(forward, images, SCALES if mode == "flip_scale" else (1.0,))
+    return kinds.of(task).part("tta")(mode, forward, images)
+
+
+# --- each kind's entry (visiontrain.kinds): (mode, forward, inputs) -> outputs ----------------------------------
+def classification_tta(mode: str, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor):
+    return flip_logits(forward, images)
+
+
+def segmentation_tta(mode: str, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor):
+    return flip_scale_log_probabilities(forward, images, SCALES if mode == "flip_scale" else (1.0,))
+
+
+def detection_tta(mode: str, forward: Callable[[list[torch.Tensor]], list[dict]], images: list[torch.Tensor]):
     return flip_detections(forward, images, MERGE_IOU, getattr(forward, "detections_per_img", None))
 
 
