@@ -33,9 +33,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") ->
     info = checkpoint.info
     if info is None or not info.configs.get("model_resolved") or not info.preprocessing or not info.task:
         raise UserError(f"{path} lacks the model config and preprocessing that visiontrain stores; retrain with it.")
-    serving = serving_for(info.task)
     # the checkpoint's weights overwrite any pretrained ones: none are downloaded or read
     task_module = instantiate(without_pretrained(info.configs["model_resolved"]))
+    serving = serving_for(info.task)  # after the model: a kind defined outside visiontrain registers on its import
     task_module.set_tta(tta)  # a mode the task lacks ends here, before any image is read
     task_module.load_state_dict(checkpoint.content["state_dict"])
     module = serving.exported_form(task_module.net).eval().to(device)
