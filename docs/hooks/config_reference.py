@@ -140,9 +140,7 @@ def parse(text: str) -> OptionFile:
             list_owner = None
     # a mapping key followed by children is a heading, not a key: kept only when it has a comment
     paths = {e.path for e in parsed.keys}
-    parsed.keys = [
-        e for e in parsed.keys if e.value or e.comment or not any(p.startswith(e.path + ".") for p in paths)
-    ]
+    parsed.keys = [e for e in parsed.keys if e.value or e.comment or not any(p.startswith(e.path + ".") for p in paths)]
     return parsed
 
 
@@ -168,9 +166,7 @@ def check(path: Path, parsed: OptionFile) -> None:
 
     missing = sorted(p for p in expected if not covered(p))
     extra = sorted(
-        e.path
-        for e in parsed.keys
-        if e.path not in expected and not any(p.startswith(e.path + ".") for p in expected)
+        e.path for e in parsed.keys if e.path not in expected and not any(p.startswith(e.path + ".") for p in expected)
     )
     if missing or extra:
         log.warning("config reference: %s read wrongly (missing %s, extra %s)", path, missing, extra)
@@ -240,7 +236,11 @@ def render(conf: Path) -> str:
                 title = f"`{path.relative_to(conf / group).with_suffix('').as_posix()}` (shared base)"
             else:
                 title = f"`{group}={name}`"
-            lines += [f"### {title}", "", f"`conf/{rel}`" + (f" · package `{parsed.package}`" if parsed.package else "")]
+            lines += [
+                f"### {title}",
+                "",
+                f"`conf/{rel}`" + (f" · package `{parsed.package}`" if parsed.package else ""),
+            ]
             lines += [""]
             if parsed.description:
                 lines += [cell(parsed.description), ""]
