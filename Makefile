@@ -1,4 +1,4 @@
-.PHONY: install test test-all coverage lint format train tensorboard bench clean
+.PHONY: install test test-all coverage lint format docs docs-serve train tensorboard bench clean
 
 PYTHON ?= python
 
@@ -33,6 +33,12 @@ lint:  ## every Python file of the project: ruff's checks and its formatting, no
 format:  ## reformat every Python file of the project
 	$(PYTHON) -m ruff format .
 
+docs:  ## build the documentation site into site/ (warnings are errors, as in CI)
+	$(PYTHON) -m mkdocs build --strict
+
+docs-serve:  ## the documentation site on http://127.0.0.1:8000, rebuilt on every change
+	$(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
 train:  ## the default run: simple_cnn on MNIST
 	$(PYTHON) train.py
 
@@ -43,4 +49,4 @@ bench:  ## visiontrain vs plain PyTorch loops (classification, detection, segmen
 	$(PYTHON) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf outputs .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf outputs .pytest_cache .ruff_cache .coverage .coverage.* htmlcov site
