@@ -1,1 +1,5 @@
-"""The four commands (train, eval, predict, export): each composes its config, runs, and reports in one sentence."""
+"""The commands (train, eval, predict, export): each rewrites its command line in one place, composes its config,
+runs, and reports a mistake in one sentence.
+
+May import everything below; nothing imports cli.
+"""

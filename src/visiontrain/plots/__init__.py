@@ -1,5 +1,5 @@
-"""Every figure visiontrain draws: training and evaluation figures (``figures``), data figures for
-``debug=browse`` (``data``), learning curves, detections drawn over images and the class colours masks share.
+"""Every figure visiontrain draws: training and evaluation figures (``figures``), the data figures of
+``debug=browse`` (``data``), detections drawn over images and the class colours every drawing of masks shares.
 
-May import ``visiontrain.data`` and ``visiontrain.errors``; never tasks, runs or serving (they import plots).
+Imports nothing of visiontrain beyond itself; tasks, runs and callbacks import plots.
 """

@@ -2,6 +2,6 @@
 trial from inside its run (``pruning``), a multirun's summary of its jobs and their groups of repeats (``summary``,
 ``groups``) and the study's report (``report``, also ``python -m visiontrain.sweeps.report``).
 
-``hydra_plugins/visiontrain_optuna`` is only the entry Hydra discovers. May import runs, tasks, data and errors;
-nothing below imports sweeps.
+``hydra_plugins/visiontrain_optuna`` is only the entry Hydra discovers. May import runs and errors; only cli and
+the Hydra entry import sweeps.
 """
