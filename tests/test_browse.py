@@ -21,7 +21,7 @@ from visiontrain.cli.train import train
 from visiontrain.data import label_stats
 from visiontrain.data.mask_folder import MaskFolderDataModule
 from visiontrain.data.mnist import MNISTDataModule
-from visiontrain.data.pennfudan import PennFudanSource
+from visiontrain.data.pennfudan_detection import PennFudanSource
 from visiontrain.runs.browse import training_samples
 
 SEGMENTATION_FIGURES = {"training_samples", "pixels_per_class", "images_per_class"}

@@ -82,3 +82,16 @@ def test_checkpoint_configs_name_the_modules_of_today(tmp_path):
     torch.save(old, Path(tmp_path / "old.ckpt"))
     info = artifact.load_checkpoint(tmp_path / "old.ckpt").info
     assert info.configs["model"]["scheduler"]["_target_"] == "visiontrain.tasks.schedules.one_cycle"
+
+    # data modules renamed by source and kind: what 6c110cd's checkpoints name is read with today's module
+    for before, now in (
+        ("visiontrain.data.pennfudan.PennFudanDataModule", "visiontrain.data.pennfudan_detection.PennFudanDataModule"),
+        ("visiontrain.data.oxford_pet.OxfordPetDataModule", "visiontrain.data.oxford_pet_seg.OxfordPetDataModule"),
+        (
+            "visiontrain.data.pennfudan_seg.PennFudanSegDataModule",
+            "visiontrain.data.pennfudan_seg.PennFudanSegDataModule",
+        ),
+    ):
+        old[artifact.CONFIG_KEY]["data"] = {"_target_": before}
+        torch.save(old, Path(tmp_path / "old.ckpt"))
+        assert artifact.load_checkpoint(tmp_path / "old.ckpt").info.configs["data"]["_target_"] == now

@@ -22,7 +22,7 @@ from visiontrain.cli.train import train
 from visiontrain.data.coco_detection import CocoDetectionDataModule, to_coco_results
 from visiontrain.data.detection_dataset import AspectRatioBatchSampler
 from visiontrain.data.detection_transforms import detection_train_transform
-from visiontrain.data.pennfudan import PennFudanDataModule
+from visiontrain.data.pennfudan_detection import PennFudanDataModule
 from visiontrain.errors import UserError
 from visiontrain.models.detection import VARIANTS, build_detector
 from visiontrain.tasks.detection import average_precision, metric_predictions, metric_targets, summary_values

@@ -374,7 +374,7 @@ def pennfudan_samples() -> list[tuple[str, Path, list[dict]]]:
     takes them (the images themselves are copied, not decoded)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    from visiontrain.data.pennfudan import instances_from_mask
+    from visiontrain.data.pennfudan_detection import instances_from_mask
 
     samples = []
     for image in sorted((DATA_DIR / "PennFudanPed" / "PNGImages").glob("*.png")):

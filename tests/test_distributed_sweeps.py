@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import PROJECT_ROOT
 from tests.test_cli import run_dirs
-from visiontrain.sweeps.storage import StorageUnavailable, open_storage, printable, storage_spec
+from visiontrain.sweeps.storage import StorageUnavailable, open_storage, printable, storage_address
 
 STUDY = "mnist_lr"
 N_TRIALS = 4
@@ -141,7 +141,7 @@ def test_two_workers_share_one_study(shared_storage, tmp_path, datasets):
     codes = [finish(w) for w in workers]
     assert codes == [0, 0], worker_logs(tmp_path, tail=3000)
 
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(storage_spec(shared_storage, tmp_path)))
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(storage_address(shared_storage, tmp_path)))
     trials = study.get_trials()
     # the budget is the study's: two workers asking at the same moment may overshoot it by one
     assert N_TRIALS <= len(trials) <= N_TRIALS + 1
@@ -218,7 +218,7 @@ def test_workers_opening_an_empty_database_at_once_both_get_the_study(postgres):
 
     def open_study(url: str, barrier: threading.Barrier, opened: list) -> None:
         barrier.wait()
-        storage = open_storage(storage_spec(url, "."), heartbeat_interval=60)
+        storage = open_storage(storage_address(url, "."), heartbeat_interval=60)
         opened.append(optuna.create_study(study_name=STUDY, storage=storage, load_if_exists=True)._study_id)
 
     for attempt in range(4):
@@ -236,13 +236,13 @@ def test_workers_opening_an_empty_database_at_once_both_get_the_study(postgres):
 
 def test_storage_specs(tmp_path):
     sweep = tmp_path / "sweep"
-    assert storage_spec(None, sweep) == f"sqlite:///{sweep.resolve() / 'optuna.db'}"
+    assert storage_address(None, sweep) == f"sqlite:///{sweep.resolve() / 'optuna.db'}"
     # relative files are read from where the command started: every job finds the same file
-    assert storage_spec("journal:studies/a.log", sweep, cwd=tmp_path) == f"journal:{tmp_path / 'studies' / 'a.log'}"
-    assert storage_spec("sqlite:///a.db", sweep, cwd=tmp_path) == f"sqlite:///{tmp_path / 'a.db'}"
-    assert storage_spec("sqlite:////abs/a.db", sweep, cwd=tmp_path) == "sqlite:////abs/a.db"
+    assert storage_address("journal:studies/a.log", sweep, cwd=tmp_path) == f"journal:{tmp_path / 'studies' / 'a.log'}"
+    assert storage_address("sqlite:///a.db", sweep, cwd=tmp_path) == f"sqlite:///{tmp_path / 'a.db'}"
+    assert storage_address("sqlite:////abs/a.db", sweep, cwd=tmp_path) == "sqlite:////abs/a.db"
     url = "postgresql://me:secret@db.example.org:5432/studies"
-    assert storage_spec(url, sweep) == url
+    assert storage_address(url, sweep) == url
     assert printable(url) == "postgresql://me:***@db.example.org:5432/studies"
 
 

@@ -27,7 +27,7 @@ from visiontrain.data.cifar10 import CIFAR10DataModule
 from visiontrain.data.imagefolder import ImageFolderDataModule
 from visiontrain.data.mask_folder import MaskFolderDataModule
 from visiontrain.data.mnist import MNISTDataModule
-from visiontrain.data.pennfudan import PennFudanDataModule
+from visiontrain.data.pennfudan_detection import PennFudanDataModule
 
 
 def blake2b(data: bytes) -> str:

@@ -58,7 +58,7 @@ def test_segmentation_smoke_run_on_real_data(tmp_path, data, present):
 
 @pytest.mark.skipif(not (HAS_PENNFUDAN and HAS_PET), reason="DATA_DIR lacks PennFudanPed or oxford-iiit-pet")
 def test_real_masks_map_to_the_declared_classes():
-    from visiontrain.data.oxford_pet import OxfordPetDataModule
+    from visiontrain.data.oxford_pet_seg import OxfordPetDataModule
     from visiontrain.data.pennfudan_seg import PennFudanSegDataModule
 
     common = dict(image_size=64, num_workers=0, download=False)

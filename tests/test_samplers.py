@@ -20,7 +20,7 @@ from tests import detection_formats, formats
 from visiontrain.data.coco_detection import CocoDetectionDataModule
 from visiontrain.data.imagefolder import ImageFolderDataModule
 from visiontrain.data.mask_folder import MaskFolderDataModule
-from visiontrain.data.pennfudan import PennFudanDataModule
+from visiontrain.data.pennfudan_detection import PennFudanDataModule
 from visiontrain.data.samplers import BalancedSampler, RepeatFactorSampler, ShardedSampler, repeat_factors, run_seed
 from visiontrain.errors import UserError
 

@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests import formats
 from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
-from visiontrain.runs import trackers
+from visiontrain.runs import loggers
 from visiontrain.runs.config import compose_config
-from visiontrain.runs.reporting import user_error_of
+from visiontrain.runs.user_errors import user_error_of
 
 RUN = [
     "extras.print_config=false",
@@ -188,7 +188,7 @@ def multirun_job_config(tmp_path):
 
 def test_a_wandb_run_is_offline_named_and_grouped_by_default(tmp_path, offline_env, multirun_job_config):
     cfg = multirun_job_config("wandb")
-    (logger,) = trackers.instantiate_loggers(cfg, None)  # the W&B run itself starts only when first logged to
+    (logger,) = loggers.instantiate_loggers(cfg, None)  # the W&B run itself starts only when first logged to
     assert logger._offline and logger._wandb_init["group"] == "sweep" and logger._wandb_init["name"] == "sweep/1"
     assert logger._wandb_init["project"] == "train" and logger.save_dir == str(tmp_path / "sweep/1")
 
@@ -199,7 +199,7 @@ def test_mlflow_params_are_cut_to_its_limit_and_a_logged_one_is_kept(tmp_path, m
     cfg = multirun_job_config("mlflow")
     with open_dict(cfg):
         cfg.logger.mlflow.tracking_uri = f"sqlite:///{os.path.relpath(tmp_path / 'mlflow.db')}"  # relative
-    (logger,) = trackers.instantiate_loggers(cfg, None)
+    (logger,) = loggers.instantiate_loggers(cfg, None)
     assert logger._tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger.log_hyperparams({"model": {"net": {"widths": [16, 32]}}, "note": "x" * (MAX_PARAM_VAL_LENGTH + 10)})
     # logged again with a changed value (a run resumed with other overrides): MLflow would refuse the whole batch
@@ -215,6 +215,6 @@ def test_a_missing_tracker_package_gets_one_sentence(tmp_path, monkeypatch, pack
     cfg = compose_config("train", [f"logger={package}", f"paths.log_dir={tmp_path}"], tmp_path / "run")
     monkeypatch.setitem(sys.modules, package, None)  # what `import mlflow` meets when it is not installed
     with pytest.raises(Exception) as raised:
-        trackers.instantiate_loggers(cfg, None)
+        loggers.instantiate_loggers(cfg, None)
     error = user_error_of(raised.value)
     assert error is not None and f'pip install "visiontrain[{package}]"' in str(error)

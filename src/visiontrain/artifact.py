@@ -42,7 +42,12 @@ CONFIG_KEY = "visiontrain_config"
 SPLITS_KEY = "visiontrain_splits"
 METADATA_KEY = "visiontrain"  # the ONNX metadata key; the TorchScript extra file is METADATA_KEY + ".json"
 # modules that moved since checkpoints named them in their configs' _target_: old prefix -> new prefix
-MOVED_TARGETS = {"visiontrain.optim.": "visiontrain.tasks.schedules."}
+MOVED_TARGETS = {
+    "visiontrain.optim.": "visiontrain.tasks.schedules.",
+    # dataset modules named by source and kind (6c110cd and before: pennfudan.py, oxford_pet.py)
+    "visiontrain.data.pennfudan.": "visiontrain.data.pennfudan_detection.",
+    "visiontrain.data.oxford_pet.": "visiontrain.data.oxford_pet_seg.",
+}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from visiontrain.callbacks.checkpoint_state import SplitAgainstCheckpoint
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models.weights import without_pretrained
-from visiontrain.runs import config, console, records, reporting
+from visiontrain.runs import config, console, records, user_errors
 
 log = logging.getLogger("visiontrain")
 
@@ -100,7 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="eval")
-@reporting.report_user_errors
+@user_errors.report_user_errors
 def run(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
-from visiontrain.runs import config, reporting
+from visiontrain.runs import config, user_errors
 from visiontrain.serving.images import list_inputs, read_image
 from visiontrain.serving.inference import load_checkpoint, load_onnx, load_torchscript
 
@@ -46,7 +46,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="export")
-@reporting.report_user_errors
+@user_errors.report_user_errors
 def run(cfg: DictConfig) -> None:
     export(cfg)
 

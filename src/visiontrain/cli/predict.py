@@ -19,7 +19,7 @@ from rich.progress import track
 from visiontrain.cli import checks
 from visiontrain.data import manifest, preprocessing
 from visiontrain.errors import UserError
-from visiontrain.runs import config, reporting
+from visiontrain.runs import config, user_errors
 from visiontrain.serving.images import list_inputs, read_image
 from visiontrain.serving.inference import load_model
 
@@ -74,7 +74,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="predict")
-@reporting.report_user_errors
+@user_errors.report_user_errors
 def run(cfg: DictConfig) -> None:
     predict(cfg)
 

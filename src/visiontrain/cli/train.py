@@ -22,8 +22,9 @@ from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.models import weights
-from visiontrain.runs import browse, config, console, ddp, records, reporting, resume, run_lock, trackers
+from visiontrain.runs import browse, config, console, ddp, records, resume, run_lock, user_errors
 from visiontrain.runs.command_line import read as command_line_of
+from visiontrain.runs.loggers import TrackerRunsInCheckpoint, instantiate_loggers
 
 log = logging.getLogger("visiontrain")
 
@@ -67,13 +68,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     configs = {key: OmegaConf.to_container(cfg[key], resolve=False) for key in ("model", "data")}
     configs["model_resolved"] = OmegaConf.to_container(cfg.model, resolve=True)
     record = MetricsInCheckpoint()
-    callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record, trackers.TrackerRunsInCheckpoint()]
+    callbacks += [ArtifactInCheckpoint(configs), RandomStateInCheckpoint(), record, TrackerRunsInCheckpoint()]
     signals = CheckpointOnSignal(cfg.paths.output_dir)
     callbacks.append(signals)
     callbacks.append(console.RunHeader(config.choice(cfg, "data"), config.choice(cfg, "model"), cfg.paths.output_dir))
     if cfg.get("resume") and ckpt_path:
         callbacks.append(ContinuedTensorBoardRun())
-    loggers = trackers.instantiate_loggers(cfg, ckpt_path)  # a run resumed in place continues its tracker runs
+    loggers = instantiate_loggers(cfg, ckpt_path)  # a run resumed in place continues its tracker runs
     ddp.reset_between_jobs()
     ddp.serve_store_on_loopback()  # before the Trainer: its processes meet at that store
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
@@ -116,7 +117,7 @@ def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | N
 
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="train")
-@reporting.report_user_errors
+@user_errors.report_user_errors
 def run(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # the value a Hydra sweeper (Optuna) optimises

@@ -60,7 +60,7 @@ def image_classification_transforms(
     augment: str = "none",
     augment_options: Mapping[str, Mapping[str, Any]] | None = None,
     random_erasing: float = 0.0,
-) -> tuple[v2.Compose, v2.Compose, preprocessing.Spec]:
+) -> tuple[v2.Compose, v2.Compose, preprocessing.Pipeline]:
     """Train and eval pipelines for decoded images of any size, and the eval preprocessing spec.
 
     Train: RandomResizedCrop, flip, policy (on uint8), to float, normalise, RandomErasing (on the

@@ -203,7 +203,7 @@ class InMemoryClassificationDataModule(SplitDataModule):
         return (self.num_channels, self.image_size, self.image_size)
 
     @property
-    def preprocessing(self) -> preprocessing.Spec:
+    def preprocessing(self) -> preprocessing.Pipeline:
         """What the network sees at test time, for predict.py and exported models."""
         return preprocessing.exact(self.num_channels, self.image_size, self.mean, self.std)
 

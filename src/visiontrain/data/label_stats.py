@@ -26,7 +26,7 @@ from visiontrain import kinds
 from visiontrain.data.detection_dataset import DetectionDataset, DetectionSource
 from visiontrain.data.imagefolder import dataset_labels
 from visiontrain.data.in_memory import TensorImageDataset
-from visiontrain.data.pennfudan import PennFudanSource
+from visiontrain.data.pennfudan_detection import PennFudanSource
 from visiontrain.data.segmentation import SegmentationFiles, read_index_mask
 from visiontrain.errors import UserError
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from visiontrain.data.base import load_rgb
 from visiontrain.data.imagefolder import RGBClassificationDataModule
-from visiontrain.data.oxford_pet import ensure_pet_files, read_split_lines
+from visiontrain.data.oxford_pet_seg import ensure_pet_files, read_split_lines
 from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)

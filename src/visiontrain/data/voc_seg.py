@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visiontrain.data.base import download_attempt
-from visiontrain.data.oxford_pet import read_split_file
+from visiontrain.data.oxford_pet_seg import read_split_file
 from visiontrain.data.segmentation import SegmentationDataModule, pair_by_stem, seeded_split
 from visiontrain.errors import UserError
 

@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.runs import trackers
 from visiontrain.runs.config import choice
+from visiontrain.runs.loggers import config_params, is_tracker
 
 log = logging.getLogger("visiontrain")
 
@@ -87,7 +87,7 @@ def log_config_hyperparameters(cfg: DictConfig, loggers: list[Logger]) -> None:
     runs are compared by any config value."""
     chosen = hyperparameters(cfg)
     for logger in loggers:
-        if trackers.is_tracker(logger):
-            logger.log_hyperparams(trackers.config_params(cfg, chosen))
+        if is_tracker(logger):
+            logger.log_hyperparams(config_params(cfg, chosen))
         else:
             logger.log_hyperparams(chosen)

@@ -25,16 +25,16 @@ class SegmentationServing(TaskServing):
 class SegmentationWriter:
     """``<stem>_mask.png`` (palette index PNG, input size) and ``<stem>_overlay.png`` per image."""
 
-    def __init__(self, output: Path, num_classes: int, spec: preprocessing.Spec) -> None:
+    def __init__(self, output: Path, num_classes: int, pipeline: preprocessing.Pipeline) -> None:
         self.output = output
-        self.spec = spec
+        self.pipeline = pipeline
         self.colors = class_colors(num_classes)
         self.palette = [channel for color in self.colors for channel in color]
 
     def add(self, path: Path, image: torch.Tensor, logits: torch.Tensor) -> None:
         height, width = image.shape[-2:]
-        if self.spec["mode"] == "pad":  # drop the padding, then back to the input's size
-            inner_h, inner_w = preprocessing.resized_shape(self.spec, height, width)
+        if self.pipeline["mode"] == "pad":  # drop the padding, then back to the input's size
+            inner_h, inner_w = preprocessing.resized_shape(self.pipeline, height, width)
             logits = logits[:, :inner_h, :inner_w]
         logits = torch.nn.functional.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
         classes = logits.argmax(dim=0)

@@ -7,7 +7,7 @@ import logging
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.sweeps.storage import open_storage, storage_spec
+from visiontrain.sweeps.storage import open_storage, storage_address
 
 log = logging.getLogger("visiontrain")
 
@@ -45,7 +45,7 @@ class OptunaPruning(Callback):
         target = str(hydra.sweeper.get("_target_", ""))
         if not target.endswith("visiontrain_optuna.optuna_sweeper.OptunaSweeper"):
             return None
-        storage = open_storage(storage_spec(hydra.sweeper.get("storage"), hydra.sweep.dir, hydra.runtime.cwd))
+        storage = open_storage(storage_address(hydra.sweeper.get("storage"), hydra.sweep.dir, hydra.runtime.cwd))
         # the pruner is not stored with the study: build the sweep's own from its config
         pruner = instantiate(hydra.sweeper.pruner) if hydra.sweeper.get("pruner") else None
         study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=pruner)

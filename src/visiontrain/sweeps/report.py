@@ -34,7 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from visiontrain.sweeps.storage import open_storage, printable, storage_spec
+from visiontrain.sweeps.storage import open_storage, printable, storage_address
 
 log = logging.getLogger("visiontrain")
 
@@ -299,16 +299,16 @@ the commands that train the best trial again.
 
 
 def report_from_storage(storage: str, study_name: str, out: Path, config_name: str = "train") -> int:
-    spec = storage_spec(storage, out)
+    address = storage_address(storage, out)
     try:
-        opened = open_storage(spec)
+        opened = open_storage(address)
     except Exception as err:  # a wrong URL, a server that does not answer, a missing driver
-        print(f"error: cannot open the study storage {printable(spec)}: {err}", file=sys.stderr)
+        print(f"error: cannot open the study storage {printable(address)}: {err}", file=sys.stderr)
         return 1
     names = optuna.get_all_study_names(opened)
     if study_name not in names:
         listed = ", ".join(sorted(names)) or "none"
-        print(f"error: no study {study_name!r} in {printable(spec)} (studies there: {listed})", file=sys.stderr)
+        print(f"error: no study {study_name!r} in {printable(address)} (studies there: {listed})", file=sys.stderr)
         return 1
     study = optuna.load_study(study_name=study_name, storage=opened)
     result = write_study_report(study, out, config_name=config_name)

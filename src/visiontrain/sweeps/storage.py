@@ -50,8 +50,8 @@ def without_passwords(config: Any) -> Any:
     return masked
 
 
-def storage_spec(storage: str | None, sweep_dir: str | Path, cwd: str | Path | None = None) -> str:
-    """The storage as an absolute spec: the sweep folder's SQLite file when none is given, and a relative journal
+def storage_address(storage: str | None, sweep_dir: str | Path, cwd: str | Path | None = None) -> str:
+    """The storage as an absolute address: the sweep folder's SQLite file when none is given, and a relative journal
     or SQLite path read from ``cwd`` (where the command was started), so that jobs find the same file."""
     if not storage:
         return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
@@ -67,20 +67,20 @@ def storage_spec(storage: str | None, sweep_dir: str | Path, cwd: str | Path | N
 
 
 def open_storage(
-    spec: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None
+    address: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None
 ) -> BaseStorage:
-    """An Optuna storage from an absolute spec (see :func:`storage_spec`).
+    """An Optuna storage from an absolute address (see :func:`storage_address`).
 
     ``heartbeat_interval`` (seconds, RDB storages only): trials run under this storage record a heartbeat this
     often; one silent for ``grace_period`` (default: twice the interval) is failed and retried at most
     ``max_retry`` times (null: always).
     """
-    if spec.startswith(JOURNAL):
-        path = Path(spec[len(JOURNAL) :])
+    if address.startswith(JOURNAL):
+        path = Path(address[len(JOURNAL) :])
         if not path.parent.is_dir():
-            raise StorageUnavailable(f"hydra.sweeper.storage={spec}: the folder {path.parent} does not exist.")
+            raise StorageUnavailable(f"hydra.sweeper.storage={address}: the folder {path.parent} does not exist.")
         return JournalStorage(JournalFileBackend(str(path)))
-    url = spec
+    url = address
     if url.startswith("postgresql://"):  # the driver installed with visiontrain[postgres], whichever SQLAlchemy's
         url = "postgresql+psycopg://" + url[len("postgresql://") :]  # default is (psycopg2 before 2.1)
     from sqlalchemy.exc import OperationalError
@@ -90,18 +90,18 @@ def open_storage(
     except OperationalError as err:  # no server there, refused, wrong password: the driver's first line says which
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise StorageUnavailable(
-            f"hydra.sweeper.storage={printable(spec)}: the database cannot be opened ({reason})."
+            f"hydra.sweeper.storage={printable(address)}: the database cannot be opened ({reason})."
         ) from None
 
 
-def _open_rdb(spec: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None):
+def _open_rdb(address: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None):
     if not heartbeat_interval:
-        return _opened_while_others_create_tables(lambda: optuna.storages.get_storage(spec))
+        return _opened_while_others_create_tables(lambda: optuna.storages.get_storage(address))
     return _opened_while_others_create_tables(
         lambda: RDBStorage(
-            spec,
+            address,
             # a database server restarted between two trials of a long sweep leaves dead connections in the pool
-            engine_kwargs={"pool_pre_ping": True} if not spec.startswith("sqlite") else None,
+            engine_kwargs={"pool_pre_ping": True} if not address.startswith("sqlite") else None,
             heartbeat_interval=int(heartbeat_interval),
             grace_period=int(grace_period) if grace_period else None,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
@@ -125,16 +125,16 @@ def _opened_while_others_create_tables(open_rdb: Callable[[], BaseStorage], atte
     return open_rdb()
 
 
-def printable(spec: str) -> str:
+def printable(address: str) -> str:
     """The storage for a log line: a database URL without its password."""
-    if spec.startswith(JOURNAL) or "://" not in spec or "${" in spec:
-        return spec
+    if address.startswith(JOURNAL) or "://" not in address or "${" in address:
+        return address
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(spec).render_as_string(hide_password=True)
+        return make_url(address).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy reads: mask what looks like user:password@
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", spec)
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", address)
 
 
 def has_heartbeat(storage: BaseStorage) -> bool:

@@ -62,7 +62,7 @@ from visiontrain.sweeps.storage import (
     has_heartbeat,
     open_storage,
     printable,
-    storage_spec,
+    storage_address,
     without_passwords,
 )
 
@@ -172,10 +172,10 @@ class StudySweeper(Sweeper):
             raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(without_passwords(self.config), self.sweep_dir / "multirun.yaml")
-        spec = storage_spec(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
+        address = storage_address(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
         # opened once: the heartbeats of each batch of trials go through it
         try:
-            self.study_storage = storage = open_storage(spec, **self.heartbeat)
+            self.study_storage = storage = open_storage(address, **self.heartbeat)
         except StorageUnavailable as err:
             raise SystemExit(f"error: {err}") from None
         study = optuna.create_study(
@@ -200,7 +200,7 @@ class StudySweeper(Sweeper):
         log.info(
             "Optuna study %r in %s: %d trials, %d at a time",
             self.study_name,
-            printable(spec),
+            printable(address),
             self.n_trials,
             self.n_jobs,
         )
