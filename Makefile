@@ -1,4 +1,4 @@
-.PHONY: install test test-all coverage lint format docs docs-serve train tensorboard bench clean
+.PHONY: install check test test-all coverage lint format docs docs-serve train tensorboard bench clean
 
 PYTHON ?= python
 
@@ -8,6 +8,9 @@ install:  ## install the package with its dev tools (editable)
 # the quick tier leaves out three kinds of test (pyproject.toml's markers); test-all runs everything: the in-process
 # tests on two workers, then the ones that start processes and servers of their own, one at a time
 QUICK = not slow and not process and not real_data
+
+check:  ## is this environment ready? versions, CPU/GPU features, torchvision's operators, what DATA_DIR holds
+	$(PYTHON) -m visiontrain.cli.main check
 
 test:  ## the quick tier: every module's behaviour, in-process (~3 min on 2 CPU cores)
 	$(PYTHON) -m pytest -n 2 -m "$(QUICK)" --durations=15

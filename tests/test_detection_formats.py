@@ -98,6 +98,68 @@ def test_yolo_round_trip_with_background_images(yolo_shapes):
     assert yolo(root).class_names == detection_formats.CLASS_NAMES
 
 
+def write_roboflow_export(root: Path) -> dict:
+    """The layout Roboflow's "YOLOv8" export writes: <split>/images and <split>/labels per split (val named valid),
+    and a data.yaml whose train/val/test point one folder up, as its files do."""
+    written = {}
+    for seed, (split, folder, n) in enumerate((("train", "train", 6), ("val", "valid", 3), ("test", "test", 3))):
+        samples = detection_formats.shapes_samples(n, 300 + seed, ".jpg", prefix=f"{split}_")
+        samples = [(name, image, [{k: v for k, v in o.items() if k != "polygon"} for o in objs])
+                   for name, image, objs in samples]  # fmt: skip
+        for name, image, objects in samples:
+            detection_formats.save_image(image, root / folder / "images" / name)
+            width, height = detection_formats.image_size(image)
+            (root / folder / "labels").mkdir(parents=True, exist_ok=True)
+            lines = "".join(detection_formats.yolo_line(obj, width, height) + "\n" for obj in objects)
+            (root / folder / "labels" / f"{Path(name).stem}.txt").write_text(lines)
+        written[split] = samples
+    names = detection_formats.CLASS_NAMES
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\n"
+        f"nc: {len(names)}\nnames: {list(names)}\n\nroboflow:\n  workspace: someone\n  version: 1\n"
+    )
+    return written
+
+
+def test_a_roboflow_export_is_read_through_its_data_yaml(tmp_path):
+    root = tmp_path / "Shapes.v1i.yolov8"
+    written = write_roboflow_export(root)
+    dm = yolo(root)  # data.root, no images/train: its data.yaml says where the splits are
+    assert dm.spec.class_names == detection_formats.CLASS_NAMES and dm.spec.has_test_split
+    for split in ("train", "val", "test"):
+        targets = read_back(getattr(dm, f"{split}_set"))
+        assert sorted(targets) == sorted(name for name, _, _ in written[split])
+        for name, _, objects in written[split]:
+            assert_same_objects(targets[name], objects, lambda o: o["class"] + 1)
+
+
+def test_an_ultralytics_data_yaml_with_a_path_image_lists_and_no_test_split(yolo_shapes, tmp_path):
+    """data.yaml=<file> elsewhere: path relative to the yaml, train as a list of a folder and a .txt list of images
+    (the ./-relative lines Ultralytics' autosplit writes), val a folder, no test key: no test stage."""
+    root, written = yolo_shapes
+    listed = [name for name, _, _ in written["test"]][:2]
+    (root / "extra.txt").write_text("".join(f"./images/test/{name}\n" for name in listed))
+    config = tmp_path / "configs" / "shapes.yaml"
+    config.parent.mkdir()
+    relative = os.path.relpath(root, config.parent)  # path: relative to the yaml's folder
+    config.write_text(
+        f"path: {relative}\ntrain: [images/train, extra.txt]\nval: images/val\n"
+        "names:\n  0: rectangle\n  1: ellipse\n  2: triangle\n"
+    )
+    dm = YoloDetectionDataModule(yaml=str(config), num_workers=0)
+    dm.setup("fit")
+    assert not dm.spec.has_test_split
+    train = read_back(dm.train_set)
+    assert sorted(train) == sorted([name for name, _, _ in written["train"]] + listed)
+    for name, _, objects in written["test"][:2]:  # their labels come from labels/test/, by Ultralytics' pairing
+        assert_same_objects(train[name], objects, lambda o: o["class"] + 1)
+    assert sorted(read_back(dm.val_set)) == sorted(name for name, _, _ in written["val"])
+
+    config.write_text(f"path: {root}\ntrain: images/train\nval: missing/\nnames: [a, b, c]\n")
+    with pytest.raises(UserError, match=r"shapes.yaml: val: missing/ is neither a folder of images nor a list"):
+        YoloDetectionDataModule(yaml=str(config), num_workers=0).setup("fit")
+
+
 def test_yolo_polygons_become_instance_masks_and_boxes(tmp_path):
     root = tmp_path / "polygons"
     written = detection_formats.write_yolo_shapes(root, counts=(3, 3, 0), polygons=True)

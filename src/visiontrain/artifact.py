@@ -20,9 +20,11 @@ whatever the exporter adds (``exporter``, ``opset``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import pickle
 import re
@@ -35,6 +37,8 @@ from typing import Any
 import torch
 
 from visiontrain.errors import UserError
+
+log = logging.getLogger("visiontrain")
 
 FORMAT_VERSION = 1
 VERSION_KEY = "visiontrain_format"
@@ -251,6 +255,31 @@ class Checkpoint:
     path: Path
     content: dict[str, Any]  # the whole file: Lightning's state and ours
     info: ArtifactInfo | None  # None: not written by visiontrain's training (see ``describe``)
+
+
+def checkpoint_file(path: str | Path, option: str = "ckpt_path") -> Path:
+    """``path`` itself, or for a run folder its best checkpoint (the one its metrics.json names, else its only one
+    besides last.ckpt), said in one line; a folder where neither tells is one sentence listing its checkpoints."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted(folder.glob("*.ckpt"))
+    if not found:
+        raise UserError(f"{option}={path} is a folder without checkpoints (*.ckpt); give a checkpoint file.")
+    best = None
+    metrics = path / "metrics.json"
+    with contextlib.suppress(OSError, ValueError):  # an unreadable metrics.json tells nothing
+        named = json.loads(metrics.read_text()).get("best_model_path") if metrics.is_file() else None
+        if named and (folder / Path(named).name).is_file():  # by name: run folders move
+            best = folder / Path(named).name
+    epochs = [f for f in found if f.name != "last.ckpt"]
+    best = best or (epochs[0] if len(epochs) == 1 else None)
+    if best is None:
+        names = ", ".join(f.name for f in found)
+        raise UserError(f"{option}={path} is a run folder with several checkpoints; give one of them: {names}.")
+    log.info("%s=%s is a run folder: using its best checkpoint, %s", option, path, best.name)
+    return best
 
 
 def load_checkpoint(path: str | Path, option: str = "checkpoint", training_run: bool = True) -> Checkpoint:

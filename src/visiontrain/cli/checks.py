@@ -196,6 +196,8 @@ def unknown_key(
     """The sentence for a key override whose key ``cfg`` lacks from its part number ``missing`` on."""
     key = override.key_or_group
     parts = key.split(".")
+    if parts[0] == "trainer" and len(parts) == 2 and parts[1] in RENAMED_TRAINER_ARGUMENTS:
+        return not_a_trainer_argument(parts[1], arguments or set())
     if parts[0] == "trainer" and len(parts) == 2 and arguments is not None:
         if parts[1] in arguments:
             if override.is_delete():
@@ -277,7 +279,36 @@ def trainer_arguments(cfg: DictConfig) -> set[str] | None:
     return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
+# Trainer arguments Lightning renamed or removed (1.x -> 2.x), and what does their job now
+RENAMED_TRAINER_ARGUMENTS = {
+    "gpus": "trainer.accelerator=gpu trainer.devices=<n> (or trainer=gpu)",
+    "tpu_cores": "trainer.accelerator=tpu trainer.devices=<n>",
+    "ipus": "trainer.accelerator=ipu trainer.devices=<n>",
+    "num_processes": "trainer.accelerator=cpu trainer.devices=<n> (or trainer=ddp_cpu)",
+    "auto_select_gpus": "trainer.devices=-1 (every visible GPU)",
+    "resume_from_checkpoint": "ckpt_path=<file.ckpt> (or resume=<run dir> to continue a run in place)",
+    "checkpoint_callback": "trainer.enable_checkpointing",
+    "weights_summary": "trainer.enable_model_summary",
+    "progress_bar_refresh_rate": "callbacks.progress_bar.refresh_rate",
+    "terminate_on_nan": "callbacks.finite_loss (on by default)",
+    "amp_backend": "trainer.precision=16-mixed | bf16-mixed",
+    "amp_level": "trainer.precision=16-mixed | bf16-mixed",
+    "stochastic_weight_avg": "callbacks=ema, or Lightning's StochasticWeightAveraging callback",
+    "auto_lr_find": "Lightning's Tuner (lightning.pytorch.tuner.Tuner.lr_find)",
+    "auto_scale_batch_size": "Lightning's Tuner (lightning.pytorch.tuner.Tuner.scale_batch_size)",
+    "flush_logs_every_n_steps": "the logger's own flush options",
+    "log_gpu_memory": "Lightning's DeviceStatsMonitor callback",
+    "replace_sampler_ddp": "trainer.use_distributed_sampler",
+    "multiple_trainloader_mode": "a CombinedLoader in the datamodule",
+}
+
+
 def not_a_trainer_argument(name: str, arguments: set[str], where: str = "") -> str:
+    if name in RENAMED_TRAINER_ARGUMENTS:
+        return (
+            f"trainer.{name}{where} is no longer an argument of {TRAINER} (Lightning 2 removed it); "
+            f"use {RENAMED_TRAINER_ARGUMENTS[name]}"
+        )
     near = difflib.get_close_matches(name, sorted(arguments), n=1)
     hint = f"; did you mean trainer.{near[0]}?" if near else ", so the Trainer would refuse it"
     return f"trainer.{name}{where} is not an argument of {TRAINER}{hint}"

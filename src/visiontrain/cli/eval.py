@@ -56,6 +56,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     is read once, here, and what it holds is handed on."""
     if not cfg.get("ckpt_path"):
         raise UserError("eval.py needs ckpt_path=<path to a .ckpt file>.")
+    with open_dict(cfg):  # a run folder given: its best checkpoint
+        cfg.ckpt_path = str(artifact.checkpoint_file(cfg.ckpt_path))
     if not Path(cfg.ckpt_path).is_file():
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist.")
     checkpoint = artifact.load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
@@ -78,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # one line on whether the test split is the one the checkpoint was tested on (its split manifest)
     stored_splits = checkpoint.info.splits if checkpoint.info is not None else {}
     callbacks = [console.ProgressBar(), SplitAgainstCheckpoint(cfg.ckpt_path, stored_splits)]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer = config.instantiate_trainer(cfg, logger=loggers or False, callbacks=callbacks)
     records.log_config_hyperparameters(cfg, trainer.loggers)
 
     try:  # what trainer.test(ckpt_path=...) would do, without reading the file again

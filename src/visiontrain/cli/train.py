@@ -79,7 +79,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ddp.serve_store_on_loopback()  # before the Trainer: its processes meet at that store
     if not loggers:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = config.instantiate_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     ddp.prepare_multirun_job(trainer, cfg.paths.output_dir)
     config.record_precision(cfg, trainer)
     records.log_config_hyperparameters(cfg, trainer.loggers)

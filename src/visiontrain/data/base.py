@@ -104,6 +104,7 @@ def download_attempt(download: bool, fetch: Callable[[], Any], data_dir: str | P
         return "data.download=false"
     folder = Path(data_dir) if data_dir is not None else None
     existed = folder is None or folder.is_dir()
+    before = set(folder.iterdir()) if folder is not None and existed else set()
     try:
         fetch()
     except Exception as err:  # offline, proxy, server gone: all end in the same advice
@@ -111,6 +112,12 @@ def download_attempt(download: bool, fetch: Callable[[], Any], data_dir: str | P
         if not existed:
             shutil.rmtree(folder, ignore_errors=True)
             return f"the data folder {folder} does not exist and {reason}"
+        if folder is not None:  # what the failed download made in the user's folder (MNIST/raw/, a part file)
+            for made in set(folder.iterdir()) - before:
+                if made.is_dir():
+                    shutil.rmtree(made, ignore_errors=True)
+                else:
+                    made.unlink(missing_ok=True)
         return reason
     return "the download did not provide them"
 

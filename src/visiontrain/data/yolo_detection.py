@@ -1,8 +1,16 @@
-"""Bring-your-own detection data in the YOLO (Ultralytics) layout: ``root/images/{train,val,test}/`` with the
-images, ``root/labels/{train,val,test}/`` with one ``<image name>.txt`` per image (sub-folders mirrored, as
-Ultralytics pairs them), and ``root/data.yaml`` naming the classes (``names:`` a list, or ``{id: name}`` with ids
-``0..K-1``). data.yaml's ``path``/``train``/``val``/``test`` keys are not read: the layout above is. ``test`` is
-optional (no ``images/test``: no test stage).
+"""Bring-your-own detection data in the YOLO (Ultralytics) format, found in either of two ways:
+
+- ``data.yaml=<file>``: an Ultralytics data.yaml read as Ultralytics reads it. ``path`` is the dataset root
+  (relative: to the yaml's folder; absent: that folder); ``train``, ``val`` and optional ``test`` are each a folder
+  of images (searched recursively), a .txt file listing image paths (one per line, relative to the list's folder),
+  or a list of either, relative to ``path`` (a ``../`` path that does not exist there is tried inside ``path``, as
+  Ultralytics does for Roboflow's exports). Each image's label file is at the same path with its last ``images``
+  folder replaced by ``labels`` and the suffix by ``.txt``. ``names`` is a list or ``{id: name}``.
+- ``data.root=<folder>``: the folder holds ``images/{train,val,test}/`` and ``labels/{train,val,test}/`` (sub-folders
+  mirrored) and ``data.yaml`` for the names; or, without ``images/train``, a data.yaml whose keys say where the splits
+  are (the Roboflow export: ``train/images``, ``valid/images``, ``test/images``).
+
+``test`` is optional (none: no test stage).
 
 Each line of a label file is one object, its coordinates fractions (0..1) of the image's width and height:
 - ``class cx cy w h``: a box by its centre, width and height;
@@ -18,7 +26,8 @@ What happens to imperfect labels, as with COCO files (see coco_detection):
 - a box or polygon with no width or height is dropped, one warning per split counting them.
 Anything else is an error naming the file and line: a line that is not 5 numbers or a class and x y pairs, a
 class outside ``0..K-1``, a coordinate outside 0..1 (the box lies outside the image, or the file holds pixels), a
-label file without its image, an image that does not decode, a box line when instance masks are needed.
+label file without its image (in the images/labels layout), an image that does not decode, a box line when
+instance masks are needed.
 """
 
 from __future__ import annotations
@@ -43,18 +52,23 @@ log = logging.getLogger(__name__)
 ROW_FORMATS = "'class cx cy w h' (a box) or 'class x1 y1 x2 y2 x3 y3 ...' (a polygon)"
 
 
-def read_names(data_yaml: Path) -> tuple[str, ...]:
-    """The class names of data.yaml, index ``0..K-1`` as the label files count them."""
+def read_data_yaml(data_yaml: Path) -> dict[str, Any]:
     if not data_yaml.is_file():
         raise UserError(
             f"{data_yaml} does not exist: data.root must be a YOLO dataset folder holding images/, labels/ and "
-            "data.yaml (its names: the class names)."
+            "data.yaml (its names: the class names), or give data.yaml=<file>."
         )
     try:
         data = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{data_yaml} is not valid YAML ({' '.join(str(err).split())}).") from err
-    names = data.get("names") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def read_names(data_yaml: Path) -> tuple[str, ...]:
+    """The class names of data.yaml, index ``0..K-1`` as the label files count them."""
+    data = read_data_yaml(data_yaml)
+    names = data.get("names")
     if isinstance(names, dict):
         # Ultralytics' {id: name} form: the ids must be the class indices 0..K-1, as the label files use them
         try:
@@ -72,6 +86,44 @@ def read_names(data_yaml: Path) -> tuple[str, ...]:
     if count is not None and count != len(names):
         raise UserError(f"{data_yaml} says nc: {count} but lists {len(names)} names.")
     return tuple(str(name) for name in names)
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics' pairing: the image's path with its last ``images`` folder as ``labels`` and the suffix ``.txt``."""
+    parts = list(image.parts)
+    if "images" not in parts[:-1]:
+        return image.with_suffix(".txt")  # beside the image, as Ultralytics falls back to
+    last = len(parts) - 2 - parts[-2::-1].index("images")
+    parts[last] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def split_images(data_yaml: Path, split: str) -> list[Path] | None:
+    """The images data.yaml names for ``split`` (None: it names none), resolved as Ultralytics resolves them."""
+    data = read_data_yaml(data_yaml)
+    entries = data.get(split)
+    if entries is None:
+        return None
+    root = Path(data.get("path") or ".")
+    root = root if root.is_absolute() else (data_yaml.parent / root)
+    images: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        where = root / str(entry)
+        if not where.exists() and str(entry).startswith("../"):  # Roboflow writes ../train/images
+            where = root / str(entry)[3:]
+        if where.is_dir():
+            images += sorted(p for p in where.rglob("*") if p.suffix.lower() in SUFFIX_FORMATS and p.is_file())
+        elif where.is_file():
+            lines = [row.strip() for row in where.read_text(encoding="utf-8").splitlines() if row.strip()]
+            images += [Path(row) if Path(row).is_absolute() else (where.parent / row) for row in lines]
+        else:
+            raise UserError(f"{data_yaml}: {split}: {entry} is neither a folder of images nor a list of them.")
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise UserError(f"{data_yaml}: {split}: {len(missing)} listed image(s) do not exist, e.g. {missing[0]}.")
+    if not images:
+        raise UserError(f"{data_yaml}: {split}: {entries} holds no images ({', '.join(sorted(SUFFIX_FORMATS))}).")
+    return [p.resolve() for p in images]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -144,10 +196,11 @@ class YoloSource(DetectionSource):
     """The images of the given splits with their label files parsed and checked. One source for all splits, so that
     k-fold can pool train and val; ``split_indices`` says which images are whose."""
 
-    def __init__(self, root: Path, splits: Sequence[str], names: Sequence[str]) -> None:
+    def __init__(self, root: Path, splits: Sequence[str], names: Sequence[str], data_yaml: Path | None = None) -> None:
         self.root = root
-        self.name = f"the YOLO-format data {root}"
-        self.names_file = root / "data.yaml"
+        self.name = f"the YOLO-format data {data_yaml or root}"
+        self.names_file = data_yaml or root / "data.yaml"
+        self.listed = data_yaml is not None  # the splits are where data.yaml says, not images/<split>/
         self.image_paths: list[Path] = []
         self.label_paths: list[Path | None] = []  # None: no label file (a background image)
         self.image_sizes = []
@@ -161,26 +214,12 @@ class YoloSource(DetectionSource):
         self.box_lines = [a["where"] for anns in self.annotations for a in anns if a["polygon"] is None]
 
     def _read_split(self, split: str, names: Sequence[str]) -> None:
-        images_dir, labels_dir = self.root / "images" / split, self.root / "labels" / split
-        for folder in (images_dir, labels_dir):
-            if not folder.is_dir():
-                raise UserError(
-                    f"{folder} does not exist: a YOLO dataset has images/{split}/ and labels/{split}/ (one .txt per "
-                    f"image) under data.root (data.yaml's {split}: key is not read)."
-                )
-        images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in SUFFIX_FORMATS and p.is_file())
-        if not images:
-            raise UserError(f"{images_dir} holds no images ({', '.join(sorted(SUFFIX_FORMATS))}).")
-        label_files = [labels_dir / p.relative_to(images_dir).with_suffix(".txt") for p in images]
-        # a label file nobody reads is a mistake to show, not to skip (a renamed or missing image);
-        # classes.txt is what LabelImg writes beside its label files
-        paired = set(label_files)
-        orphans = sorted(p for p in labels_dir.rglob("*.txt") if p not in paired and p.name != "classes.txt")
-        if orphans:
-            raise UserError(
-                f"{len(orphans)} label file(s) in {labels_dir} have no image of the same name in {images_dir}, "
-                f"e.g. {orphans[0]}."
-            )
+        if self.listed:
+            images = split_images(self.names_file, split) or []
+            label_files = [label_path(p) for p in images]
+            images_dir = labels_dir = Path(f"{self.names_file}: {split}")  # for messages
+        else:
+            images, label_files, images_dir, labels_dir = self._folder_split(split)
         clipped, degenerate, background = [], [], 0
         for image, label_file in zip(images, label_files):
             width, height = image_size(image)
@@ -222,6 +261,30 @@ class YoloSource(DetectionSource):
                 labels_dir,
             )
 
+    def _folder_split(self, split: str) -> tuple[list[Path], list[Path], Path, Path]:
+        """``root/images/<split>/`` and its mirror ``root/labels/<split>/``."""
+        images_dir, labels_dir = self.root / "images" / split, self.root / "labels" / split
+        for folder in (images_dir, labels_dir):
+            if not folder.is_dir():
+                raise UserError(
+                    f"{folder} does not exist: a YOLO dataset has images/{split}/ and labels/{split}/ (one .txt per "
+                    f"image) under data.root, or a data.yaml naming its splits (data.yaml=<file>)."
+                )
+        images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in SUFFIX_FORMATS and p.is_file())
+        if not images:
+            raise UserError(f"{images_dir} holds no images ({', '.join(sorted(SUFFIX_FORMATS))}).")
+        label_files = [labels_dir / p.relative_to(images_dir).with_suffix(".txt") for p in images]
+        # a label file nobody reads is a mistake to show, not to skip (a renamed or missing image);
+        # classes.txt is what LabelImg writes beside its label files
+        paired = set(label_files)
+        orphans = sorted(p for p in labels_dir.rglob("*.txt") if p not in paired and p.name != "classes.txt")
+        if orphans:
+            raise UserError(
+                f"{len(orphans)} label file(s) in {labels_dir} have no image of the same name in {images_dir}, "
+                f"e.g. {orphans[0]}."
+            )
+        return images, label_files, images_dir, labels_dir
+
     def label_files(self, indices: Sequence[int]) -> list[Path]:
         """data.yaml (what the class indices mean) and the label files of the images that have one."""
         return [self.names_file, *(self.label_paths[i] for i in indices if self.label_paths[i] is not None)]
@@ -253,31 +316,42 @@ class YoloDetectionDataModule(DetectionDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         num_classes: int | None = None,
         folds: int | None = None,
         fold: int = 0,
         split_seed: int = 12345,
+        yaml: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
-        self.root = Path(root)
-        self.name = f"the YOLO-format data {self.root}"
+        if not root and not yaml:
+            raise UserError(
+                "data=yolo_detection needs data.root=<dataset folder> or data.yaml=<Ultralytics data.yaml>."
+            )
+        self.root = Path(root) if root else Path(yaml).parent
+        # the splits where data.yaml says: given, or a folder without images/train (Roboflow's export)
+        given = Path(yaml) if yaml else None
+        folder_yaml = self.root / "data.yaml"
+        self.data_yaml = given or (folder_yaml if not (self.root / "images" / "train").is_dir() else None)
+        self.name = f"the YOLO-format data {self.data_yaml or self.root}"
         self.folds, self.fold = checked_folds(folds, fold)
         self.split_seed = split_seed
 
     @property
     def has_test_split(self) -> bool:
+        if self.data_yaml is not None:
+            return read_data_yaml(self.data_yaml).get("test") is not None
         return (self.root / "images" / "test").is_dir()
 
     def object_classes(self) -> tuple[str, ...]:
-        names = read_names(self.root / "data.yaml")
+        names = read_names(self.data_yaml or self.root / "data.yaml")
         self.category_ids = tuple(range(len(names)))  # the YOLO class index of labels 1..K
         return names
 
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
         splits = ["train", "val", "test"] if self.has_test_split else ["train", "val"]
-        source = YoloSource(self.root, splits, self.read_class_names())
+        source = YoloSource(self.root, splits, self.read_class_names(), self.data_yaml)
         if self.with_masks and source.box_lines:
             raise UserError(
                 f"{len(source.box_lines)} line(s) of {self.root / 'labels'} are boxes (first: {source.box_lines[0]}), "

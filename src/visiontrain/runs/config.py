@@ -5,6 +5,7 @@ saving config.yaml, instantiating a callbacks/logger group."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,36 @@ def instantiate_data(cfg: DictConfig) -> Any:
         with open_dict(cfg):
             cfg.data.num_classes = datamodule.spec.num_classes
     return datamodule
+
+
+def instantiate_trainer(cfg: DictConfig, **kwargs: Any) -> Any:
+    """The Trainer ``cfg.trainer`` describes; one it cannot build (no GPU for trainer=gpu, an unknown strategy or
+    precision) is one sentence naming the options and what this machine offers."""
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except Exception as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if type(cause).__name__ != "MisconfigurationException" and not isinstance(cause, ValueError):
+            raise
+        reason = str(cause).strip().splitlines()[0].rstrip(".") if str(cause).strip() else type(cause).__name__
+        asked = ", ".join(
+            f"trainer.{key}={OmegaConf.select(cfg, f'trainer.{key}')}"
+            for key in ("accelerator", "devices", "strategy", "precision")
+            if OmegaConf.select(cfg, f"trainer.{key}", default=None) is not None
+        )
+        here = accelerators()
+        raise UserError(f"the Trainer cannot be built with {asked} ({reason}); this machine has {here}.") from None
+
+
+def accelerators() -> str:
+    """What this machine offers to train on, for a sentence: "no GPU (trainer=cpu)", "2 CUDA GPUs", ..."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} CUDA GPU(s) (trainer=gpu)"
+    if torch.backends.mps.is_available():
+        return "an Apple GPU (trainer.accelerator=mps)"
+    return f"no GPU, {os.cpu_count()} CPU cores (trainer=cpu, or trainer=ddp_cpu for several processes)"
 
 
 def save_config(cfg: DictConfig) -> None:

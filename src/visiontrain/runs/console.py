@@ -208,10 +208,18 @@ class RunHeader(Callback):
         )
 
 
-def metric_line(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> str:
-    """``train/loss 0.1234  val/acc 0.9860`` from the headline scalars (not per-class ones, not step values)."""
+# COCO evaluation's value for "no objects of this kind to score" (map_small with no small objects): not a score
+COCO_ABSENT = -1.0
+
+
+def metric_line(metrics: Mapping[str, Any], prefixes: tuple[str, ...], headline: tuple[str, ...] | None = None) -> str:
+    """``train/loss 0.1234  val/acc 0.9860`` from the headline scalars (not per-class ones, not step values);
+    ``headline``: the task's names worth a console line (``VisionTask.headline``; None: every scalar). COCO's
+    absent marker shows as n/a."""
     parts = []
     names = [n for n in metrics if n.count("/") == 1 and n.split("/")[0] in prefixes and not n.endswith("_step")]
+    if headline is not None:
+        names = [n for n in names if n.split("/")[1].removesuffix("_epoch") in headline]
     for name in sorted(names, key=lambda n: (prefixes.index(n.split("/")[0]), n)):
         value = metrics[name]
         if isinstance(value, torch.Tensor):
@@ -221,6 +229,8 @@ def metric_line(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> str:
         if not isinstance(value, (int, float)):
             continue
         shown = f"{value:.4f}" if math.isfinite(value) and abs(value) < 1000 else f"{value:.4g}"
+        if value == COCO_ABSENT and "/ma" in f"/{name.split('/')[1].removeprefix('segm_')}":
+            shown = "n/a"
         parts.append(f"{name.removesuffix('_epoch')} {shown}")
     return "  ".join(parts)
 
@@ -249,7 +259,8 @@ class EpochLine(Callback):
         if self._epoch is None or not trainer.is_global_zero:
             return
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        line = f"epoch {self._epoch + 1}/{total}  {metric_line(trainer.callback_metrics, ('train', 'val'))}"
+        headline = getattr(trainer.lightning_module, "headline", None)
+        line = f"epoch {self._epoch + 1}/{total}  {metric_line(trainer.callback_metrics, ('train', 'val'), headline)}"
         if trainer.optimizers:
             line += f"  lr {max(group['lr'] for group in trainer.optimizers[0].param_groups):.3g}"
         log.info("%s  %.1f s", line, time.perf_counter() - self._started)

@@ -75,7 +75,8 @@ def remove_unstarted_run_dir(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:
         return
-    if hydra_cfg.mode != RunMode.RUN or cfg.get("resume") or rank_zero_only.rank != 0:
+    # (a run folder given to resume= or predict.py's output= holds more than these if anything was written there)
+    if hydra_cfg.mode != RunMode.RUN or rank_zero_only.rank != 0:
         return
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # (a .lock is another run's: this run gives its own back before it gets here)

@@ -26,7 +26,7 @@ def loaded(info: artifact.ArtifactInfo, run: Callable[[Any], Any], source: Path,
 def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") -> LoadedModel:
     """Rebuild the network from the model config the checkpoint carries and load its weights; ``tta``: the task's
     test-time augmentation to run it with (visiontrain.tasks.tta)."""
-    path = Path(path)
+    path = artifact.checkpoint_file(path)  # a run folder: its best checkpoint
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
     checkpoint = artifact.load_checkpoint(path, training_run=False)

@@ -87,6 +87,9 @@ class VisionTask(LightningModule):
     backbone_lr_scale: float | None = None
     # the test-time augmentation of validation and test (visiontrain.tasks.tta); set_tta changes it
     tta: str = "none"
+    # the metrics (names after train/, val/) on the console's epoch line; None: every scalar logged. The rest go to
+    # metrics.json, the loggers and the plots
+    headline: tuple[str, ...] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning names the running hook here before and after every hook call, ~45 times a training step.

@@ -91,6 +91,7 @@ class DetectionModule(VisionTask):
     """
 
     task = "detection"
+    headline = ("loss", "map", "map_50", "map_best", "segm_map", "segm_map_50")
 
     def __init__(
         self,
