@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +76,35 @@ def test_check_names_each_problem_with_its_fix(tmp_path, monkeypatch, capsys):
     assert "does not run with torch" in problems[0] and "(operator torchvision::nms does not exist)" in problems[0]
     assert "pip install --force-reinstall torch torchvision" in problems[0]
     assert problems[1].startswith(f"problem: DATA_DIR={tmp_path / 'nowhere'} is not a folder; point it at")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "export"])
+def test_a_mistyped_key_is_answered_before_torch_loads(command, tmp_path):
+    """The command line is checked first, and torch and Lightning load only once it is right: a mistake costs
+    Hydra's composition, not their imports (~5 s). A fresh interpreter: this one has torch loaded already."""
+    code = (
+        "import sys\n"
+        f"from visiontrain.cli.{command} import main\n"
+        f"sys.argv = ['{command}.py', 'trainer.max_epoch=1']\n"
+        "try:\n    main()\nexcept SystemExit as exit_:\n    print(exit_.code)\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'torchvision', 'matplotlib') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    answer, loaded = result.stdout.splitlines()
+    assert answer.startswith("error: trainer.max_epoch is not a config key"), result.stderr[-2000:]
+    assert loaded == "[]"
+
+
+def test_shell_completion_completes_each_commands_overrides(monkeypatch, capsys):
+    """Hydra's completion script asks ``visiontrain -sc query=bash`` with the whole line in COMP_LINE."""
+    for line, expected in (
+        ("visiontrain train model=res", "model=resnet"),
+        ("visiontrain eval data=mni", "data=mnist"),
+    ):
+        monkeypatch.setenv("COMP_LINE", line)
+        monkeypatch.setenv("COMP_POINT", str(len(line)))
+        code, out, _ = run_main(["-sc", "query=bash"], capsys)
+        assert code == 0 and out.split() == [expected]
+    code, out, _ = run_main(["-sc", "install=bash"], capsys)
+    assert "complete -o nospace -o default -F hydra_bash_completion visiontrain" in out

@@ -132,9 +132,9 @@ def test_a_detector_that_detects_differently_is_refused(faster_rcnn, shapes, tmp
     with pytest.raises(UserError, match="export.dynamic_batch=true does not apply to detectors"):
         export(export_config(faster_rcnn, tmp_path / "x.onnx", "export.dynamic_batch=true"))
 
-    import visiontrain.cli.export as export_module
+    import visiontrain.serving.inference as inference  # where export.py takes its ONNX loader from
 
-    real_load = export_module.load_onnx
+    real_load = inference.load_onnx
 
     def drops_the_best_detection(path):
         loaded = real_load(path)
@@ -142,7 +142,7 @@ def test_a_detector_that_detects_differently_is_refused(faster_rcnn, shapes, tmp
         loaded.run = lambda images: [{k: v[1:] for k, v in out.items()} for out in run(images)]
         return loaded
 
-    monkeypatch.setattr(export_module, "load_onnx", drops_the_best_detection)
+    monkeypatch.setattr(inference, "load_onnx", drops_the_best_detection)
     with pytest.raises(UserError, match="detects differently from the PyTorch model: 2 detections without a partner"):
         export(export_config(faster_rcnn, tmp_path / "y.onnx", f"input={shapes / 'test'}"))
 

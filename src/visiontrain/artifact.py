@@ -32,9 +32,10 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from visiontrain.errors import UserError
 
@@ -154,6 +155,7 @@ RESOLVER_CALL = re.compile(r"\$\{\s*([\w.]+)\s*:")
 
 
 def _buildable_kinds() -> tuple[type, ...]:
+    import torch
     from lightning import LightningDataModule, LightningModule
 
     return (
@@ -245,6 +247,8 @@ def read_file(path: str | Path, mmap: bool = True) -> Any:
     """A file written by ``torch.save``, read safely: ``weights_only=True`` (no code in it runs) and, with
     ``mmap``, tensors memory-mapped (reading a checkpoint only to check it costs little)."""
     try:
+        import torch  # here: a command checks its command line before torch loads
+
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types here; the reason is what the user needs
         raise Unreadable(Path(path), unloadable_reason(err)) from None
@@ -321,6 +325,8 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, ArtifactInfo]:
     """A TorchScript file and the artifact it describes."""
     extra = {f"{METADATA_KEY}.json": ""}
     try:
+        import torch
+
         scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:
         raise UserError(f"{path} is not a TorchScript file ({type(err).__name__}).") from err

@@ -14,9 +14,6 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, TypeVar
 
-import torch
-from lightning import Callback
-
 
 class Moved(AssertionError):
     """An internal visiontrain relies on is not where it was; the message names the package version."""
@@ -51,6 +48,8 @@ C = TypeVar("C", bound=type)
 
 def batch_hooks_only_where_used(cls: C) -> C:
     """Class decorator: the per-batch hooks ``cls`` inherits empty from ``Callback`` become None (not called)."""
+    from lightning import Callback
+
     for name in PER_BATCH_HOOKS:
         if getattr(cls, name, None) is getattr(Callback, name):
             setattr(cls, name, None)
@@ -138,6 +137,8 @@ def is_compiled(module: Any) -> bool:
 
 
 def probe_compiled_module() -> None:
+    import torch
+
     module = torch.nn.Linear(1, 1)
     if is_compiled(module):
         raise moved("torch", "nn.Module holds a compiled call before compile()")
@@ -186,6 +187,69 @@ def probe_rendezvous_store() -> None:
         raise moved("torch", f"{RENDEZVOUS_MODULE}._create_c10d_store takes {names}")
 
 
+# --- Lightning: the Trainer's argument names, without importing Lightning -----------------------------------------
+# A mistyped trainer.* key is answered before torch and Lightning load (~5 s): the names are read from the source
+# file of Lightning's Trainer (its __init__'s parameters), falling back to importing it where that file is not found.
+def trainer_arguments() -> set[str]:
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("lightning")  # finds the package without importing it
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py" if spec and spec.origin else None
+    if source is not None and source.is_file():
+        for node in ast.parse(source.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        names = [a.arg for a in (*item.args.args, *item.args.kwonlyargs)]
+                        return set(names) - {"self"}
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+def probe_trainer_arguments() -> None:
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    imported = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    if trainer_arguments() != imported:
+        raise moved("lightning", "the Trainer's arguments read from its source differ from its signature")
+
+
+# --- Lightning: the global rank a process starts with -------------------------------------------------------------
+# What Lightning's rank_zero_only.rank is set from at import (the first of these variables set, else 0), read here
+# so that the command line is handled before Lightning loads.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def global_rank_at_start() -> int:
+    import os
+
+    return next((int(os.environ[key]) for key in RANK_VARIABLES if os.environ.get(key) is not None), 0)
+
+
+def probe_global_rank() -> None:
+    import os
+
+    from lightning.fabric.utilities import rank_zero
+
+    saved = {key: os.environ.pop(key, None) for key in RANK_VARIABLES}
+    try:
+        for settings in ({}, {"SLURM_PROCID": "3"}, {"LOCAL_RANK": "1", "SLURM_PROCID": "3"}, {"RANK": "2"}):
+            os.environ.update(settings)
+            if (rank_zero._get_rank() or 0) != global_rank_at_start():
+                raise moved("lightning", f"the global rank is no longer read from {', '.join(RANK_VARIABLES)}")
+            for key in settings:
+                del os.environ[key]
+    finally:
+        os.environ.update({key: value for key, value in saved.items() if value is not None})
+
+
 # --- Hydra: its command-line parser and the basic launcher's name ------------------------------------------------
 # The command line is checked before Hydra runs (visiontrain.cli.command_line); it is read with Hydra's own
 # parser so that its flags are Hydra's, not a copy of them.
@@ -221,5 +285,7 @@ PROBES: dict[str, Callable[[], None]] = {
     "compiled module": probe_compiled_module,
     "TensorBoard event file writer": probe_event_file_writer,
     "rendezvous store": probe_rendezvous_store,
+    "Trainer arguments from source": probe_trainer_arguments,
+    "global rank at start": probe_global_rank,
     "Hydra command line": probe_hydra,
 }

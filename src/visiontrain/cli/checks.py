@@ -11,7 +11,6 @@ that do not compose) is left to Hydra.
 from __future__ import annotations
 
 import difflib
-import inspect
 import itertools
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from hydra.core.override_parser.types import ChoiceSweep, Glob, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from visiontrain import compat
 from visiontrain.errors import UserError
 from visiontrain.runs import command_line
 from visiontrain.runs.config import CONFIG_DIR
@@ -274,9 +274,7 @@ def trainer_arguments(cfg: DictConfig) -> set[str] | None:
     trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig) or trainer.get("_target_") not in TRAINER_TARGETS:
         return None
-    from lightning.pytorch import Trainer
-
-    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    return compat.trainer_arguments()
 
 
 # Trainer arguments Lightning renamed or removed (1.x -> 2.x), and what does their job now

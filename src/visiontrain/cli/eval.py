@@ -14,11 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain import artifact
-from visiontrain.callbacks.checkpoint_state import SplitAgainstCheckpoint
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
-from visiontrain.models.weights import without_pretrained
-from visiontrain.runs import config, console, records, user_errors
+from visiontrain.runs import config, user_errors
 
 log = logging.getLogger("visiontrain")
 
@@ -54,6 +52,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint: its own model and data configs (``configs_from_checkpoint``), rebuilt without any
     pretrained weights, its weights loaded into the model; returns the test metrics (also metrics.json). The file
     is read once, here, and what it holds is handed on."""
+    # torch and the rest load here, once the command line is known to be right (see cli/train.py)
+    from visiontrain.callbacks.checkpoint_state import SplitAgainstCheckpoint
+    from visiontrain.models.weights import without_pretrained
+    from visiontrain.runs import console, records
+
     if not cfg.get("ckpt_path"):
         raise UserError("eval.py needs ckpt_path=<path to a .ckpt file>.")
     with open_dict(cfg):  # a run folder given: its best checkpoint

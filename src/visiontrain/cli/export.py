@@ -18,8 +18,6 @@ from omegaconf import DictConfig
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
 from visiontrain.runs import config, user_errors
-from visiontrain.serving.images import list_inputs, read_image
-from visiontrain.serving.inference import load_checkpoint, load_onnx, load_torchscript
 
 log = logging.getLogger("visiontrain")
 
@@ -28,6 +26,10 @@ def export(cfg: DictConfig) -> dict[str, float]:
     """Load the checkpoint, export its network with the artifact's metadata, load the file back and check it
     against PyTorch on the same inputs (``input=`` images, else random ones): a file that computes something
     else is refused in one sentence. Returns the largest differences found."""
+    # torch and the rest load here, once the command line is known to be right (see cli/train.py)
+    from visiontrain.serving.images import list_inputs, read_image
+    from visiontrain.serving.inference import load_checkpoint, load_onnx, load_torchscript
+
     fmt = cfg.format
     if fmt not in ("onnx", "torchscript"):
         raise UserError(f"format={fmt}: choose onnx or torchscript.")

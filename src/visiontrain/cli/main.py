@@ -7,6 +7,7 @@ takes exactly what its script takes (``visiontrain train model=resnet`` is ``pyt
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -37,12 +38,34 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
     lines += ["", f"config groups (group=option): {', '.join(config_groups())}"]
     lines += ["each command's own --help lists its options, e.g. visiontrain train --help; shell completion:",
-              "eval \"$(visiontrain train -sc install=bash)\" (Hydra's)"]  # fmt: skip
+              "eval \"$(visiontrain -sc install=bash)\" (Hydra's, for every command)"]  # fmt: skip
     return "\n".join(lines)
+
+
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def completion_command(args: list[str]) -> tuple[str, list[str]]:
+    """Hydra's shell completion for ``visiontrain <command> ...``. Its script calls ``visiontrain -sc query=...``
+    with the whole line in COMP_LINE; Hydra completes the line of one app, so the command word is taken out of it
+    (and out of COMP_POINT) and that command answers. ``visiontrain [command] -sc install=bash`` installs it."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split(" ")
+    command = "train"
+    if len(words) > 2 and words[1] in COMMANDS:
+        command = words[1]
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        os.environ["COMP_POINT"] = str(max(0, point - len(words[1]) - 1))
+    return command, args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args and (args[0] in COMPLETION_FLAGS or (len(args) > 1 and args[1] in COMPLETION_FLAGS)):
+        command, rest = completion_command(args if args[0] in COMPLETION_FLAGS else args[1:])
+        sys.argv = ["visiontrain", *rest]  # the program the completion script names
+        raise SystemExit(importlib.import_module(COMMANDS[command][0]).main() or 0)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         raise SystemExit(0 if args else 2)

@@ -14,14 +14,10 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
-from rich.progress import track
 
 from visiontrain.cli import checks
-from visiontrain.data import manifest, preprocessing
 from visiontrain.errors import UserError
 from visiontrain.runs import config, user_errors
-from visiontrain.serving.images import list_inputs, read_image
-from visiontrain.serving.inference import load_model
 
 log = logging.getLogger("visiontrain")
 
@@ -30,6 +26,13 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     """Load the model (checkpoint or exported file), then per batch of image files: read, preprocess as the
     model was tested, run, and hand each output to the task's writer. An unreadable file is skipped with a
     warning; the rest go on."""
+    # torch and the rest load here, once the command line is known to be right (see cli/train.py)
+    from rich.progress import track
+
+    from visiontrain.data import manifest, preprocessing
+    from visiontrain.serving.images import list_inputs, read_image
+    from visiontrain.serving.inference import load_model
+
     tta = cfg.get("tta", "none")  # test-time augmentation (visiontrain.tasks.tta), checkpoints only
     model = load_model(cfg.get("ckpt_path"), cfg.get("model_path"), device=cfg.predict.device, tta=tta)
     serving = model.serving

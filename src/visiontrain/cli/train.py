@@ -13,18 +13,12 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.callbacks.checkpoint_state import ArtifactInCheckpoint, MetricsInCheckpoint, RandomStateInCheckpoint
-from visiontrain.callbacks.signals import CheckpointOnSignal
-from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
 from visiontrain.cli import checks
 from visiontrain.errors import UserError
-from visiontrain.models import weights
-from visiontrain.runs import browse, config, console, ddp, records, resume, run_lock, user_errors
+from visiontrain.runs import config, ddp, resume, run_lock, user_errors
 from visiontrain.runs.command_line import read as command_line_of
-from visiontrain.runs.loggers import TrackerRunsInCheckpoint, instantiate_loggers
 
 log = logging.getLogger("visiontrain")
 
@@ -46,12 +40,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig) -> dict[str, float]:
     """One run: fit (fresh, from ``ckpt_path``, or resumed in place), then test the best checkpoint; returns the
     final metrics, which also go to metrics.json and TensorBoard."""
+    # torch, Lightning and what is built on them load here, once the command line is known to be right: a mistake
+    # in it is answered in about a second rather than after their imports
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from visiontrain.callbacks.checkpoint_state import (
+        ArtifactInCheckpoint,
+        MetricsInCheckpoint,
+        RandomStateInCheckpoint,
+    )
+    from visiontrain.callbacks.signals import CheckpointOnSignal
+    from visiontrain.callbacks.tensorboard import ContinuedTensorBoardRun
+    from visiontrain.models import weights
+    from visiontrain.runs import console, records
+    from visiontrain.runs.loggers import TrackerRunsInCheckpoint, instantiate_loggers
+
     ckpt_path = resume.checkpoint_to_resume(cfg)
     config.check_values(cfg)
     config.prepare_run(cfg)
 
     datamodule = config.instantiate_data(cfg)
     if cfg.get("browse"):  # debug=browse: draw the data and its label statistics, then stop without training
+        from visiontrain.runs import browse  # (matplotlib and the data figures load only for it)
+
         return browse.browse(cfg, datamodule)
     config.save_config(cfg)
     model = instantiate(cfg.model)
@@ -97,6 +108,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
 def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, record) -> dict[str, float]:
     """Fit (fresh, from ``ckpt_path``, or resumed in place), then test the best checkpoint: the final metrics."""
+    from visiontrain.runs import console, records
+
     metrics: dict[str, float] = {}
     spec = datamodule.spec
     if cfg.get("train"):

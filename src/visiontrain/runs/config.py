@@ -10,13 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from visiontrain.errors import UserError
-from visiontrain.runs import console, folders  # noqa: F401 (folders registers the resolvers conf/hydra uses)
+from visiontrain.runs import folders  # noqa: F401 (folders registers the resolvers conf/hydra uses)
 
 log = logging.getLogger("visiontrain")
 
@@ -99,6 +97,10 @@ def check_values(cfg: DictConfig) -> None:
 
 def prepare_run(cfg: DictConfig) -> None:
     """Seed, silence known-noisy warnings if asked, set the float32 matmul precision."""
+    import torch
+
+    from visiontrain.runs import console
+
     extras = cfg.get("extras") or {}
     console.quiet_third_party()
     if extras.get("ignore_warnings"):
@@ -155,6 +157,8 @@ def accelerators() -> str:
 def save_config(cfg: DictConfig) -> None:
     """``<run dir>/config.yaml``: the composed config with every interpolation resolved, what this run really
     used (printed too with ``extras.print_config``)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     if rank_zero_only.rank != 0:
         return
     output_dir = Path(cfg.paths.output_dir)
@@ -181,8 +185,8 @@ def record_precision(cfg: DictConfig, trainer: Any) -> None:
     save_config(cfg)
 
 
-@rank_zero_only
 def print_config(cfg: DictConfig) -> None:
+    """The config as a tree on the console (rank zero's, as save_config calls it)."""
     import rich
     import rich.syntax
     import rich.tree

@@ -23,18 +23,19 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning import Trainer
 from omegaconf import OmegaConf
-from torch.distributed import PrefixStore, Store, TCPStore
 
 from visiontrain import compat
 from visiontrain.errors import UserError
 from visiontrain.runs import command_line
 from visiontrain.runs.resume import is_multirun, resumable_checkpoint
+
+if TYPE_CHECKING:
+    from lightning import Trainer
+    from torch.distributed import Store
 
 JOB_DIR_ENV = "VISIONTRAIN_DDP_JOB_DIR"
 # the key under which torchrun's rank 0 names its run folder and command line for the other processes
@@ -66,6 +67,8 @@ def store_on_loopback(create: Callable[..., Store]) -> Callable[..., Store]:
     ``master_listen_fd``); an address the user or the cluster set (MASTER_ADDR of another host, SLURM's node
     name: several nodes) is left to torch as it is.
     """
+
+    from torch.distributed import TCPStore
 
     @functools.wraps(create)
     def wrapper(hostname: str, port: int, rank: int, world_size: int, timeout: Any, *args: Any, **kwargs: Any) -> Store:
@@ -105,6 +108,8 @@ def reset_between_jobs() -> None:
     """Forget the previous multirun job's DDP processes: its process group (whose other members have exited) and
     its variables (with LOCAL_RANK still set, Lightning would take the next job's processes for started by a
     cluster and not start them)."""
+    import torch
+
     if not is_multirun():
         return
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -121,7 +126,7 @@ def job_command_line(args: list[str]) -> list[str]:
     ones it was started with."""
     if not _runs_the_task(args):
         return args
-    if torch.distributed.is_torchelastic_launched() and _world_size() > 1:
+    if _torchelastic_launched() and _world_size() > 1:
         return _torchrun_command_line(args)
     multirun = command_line.read(args).multirun
     if _srun_tasks() > 1 and not multirun:
@@ -154,6 +159,12 @@ def _runs_the_task(args: list[str]) -> bool:
     return command_line.read(args).runs_the_task
 
 
+def _torchelastic_launched() -> bool:
+    """Started by torchrun (``torch.distributed.is_torchelastic_launched``'s test, without importing torch: the
+    command line is read before torch loads)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") is not None
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
@@ -170,6 +181,8 @@ def _torchrun_store() -> Store:
     """A client of the store torchrun's agent on node 0 serves at MASTER_ADDR:MASTER_PORT to every process of the
     run (its rendezvous store, where torch's process group meets too); our keys sit under a prefix of their own,
     one per start of the processes (torchrun --max-restarts starts them again)."""
+    from torch.distributed import PrefixStore, TCPStore
+
     _require_agent_store()
     store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=TORCHRUN_WAIT)
     return PrefixStore(f"visiontrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
@@ -199,7 +212,7 @@ def share_run_dir(run_dir: str | Path) -> None:
     """Under torchrun, global rank 0 hands the folder it runs in and its command line (``resume=`` already turned
     into that run's command line) to the other processes, waiting in ``job_command_line``; for any other start this
     does nothing."""
-    if not torch.distributed.is_torchelastic_launched() or _world_size() < 2 or os.environ.get("RANK") != "0":
+    if not _torchelastic_launched() or _world_size() < 2 or os.environ.get("RANK") != "0":
         return
     shared = {"run_dir": str(Path(run_dir).resolve()), "args": sys.argv[1:]}
     _torchrun_store().set(TORCHRUN_RUN_KEY, json.dumps(shared))

@@ -17,10 +17,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from visiontrain.artifact import load_checkpoint
+from visiontrain import artifact
 from visiontrain.errors import UserError
 from visiontrain.runs import command_line
 
@@ -67,6 +66,8 @@ def resume_command_line(args: list[str]) -> list[str]:
     check_unchanged_training(value, original, typed)
     replaced = set(_override_keys(typed)) | {(key, None) for key in NOT_INHERITED}
     kept = [o for o, key in zip(original, _override_keys(original)) if key not in replaced]
+
+    from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:  # every process of a DDP run reads the command line; one keeps the records
         return kept + args
@@ -123,7 +124,7 @@ def resumable_checkpoint(run_dir: Path, option: str, required: bool = True, also
     refused: list[str] = []
     for path in [*(sorted(folder.glob("*.ckpt")) if folder.is_dir() else []), *also]:
         try:
-            checkpoint = load_checkpoint(path, option)
+            checkpoint = artifact.load_checkpoint(path, option)
         except UserError as err:
             refused.append(str(err))
             continue
@@ -178,7 +179,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
         return checkpoint_of_requeued_job(Path(cfg.paths.output_dir))
     if not resume:
         if cfg.get("ckpt_path"):
-            load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
+            artifact.load_checkpoint(cfg.ckpt_path, f"ckpt_path={cfg.ckpt_path}")
         return cfg.get("ckpt_path")
     if cfg.get("ckpt_path"):
         raise UserError(BOTH_GIVEN)

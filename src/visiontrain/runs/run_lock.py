@@ -20,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from visiontrain import compat
 from visiontrain.errors import UserError
 
 log = logging.getLogger("visiontrain")
@@ -73,10 +74,8 @@ def first_process() -> bool:
     Lightning reads the global rank from the environment as the process starts: RANK (torchrun), SLURM_PROCID
     (srun), else LOCAL_RANK (0 in the process that starts Lightning's own DDP processes, one per node with
     NODE_RANK set for nodes after the first; torchrun names a node GROUP_RANK)."""
-    from lightning.pytorch.utilities import rank_zero_only
-
     node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
-    return rank_zero_only.rank == 0 and node == "0"
+    return compat.global_rank_at_start() == 0 and node == "0"
 
 
 def remove_leftovers(run_dir: str | Path) -> None:

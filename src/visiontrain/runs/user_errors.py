@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError
 
@@ -76,6 +75,8 @@ def remove_unstarted_run_dir(cfg: DictConfig) -> None:
     except ValueError:
         return
     # (a run folder given to resume= or predict.py's output= holds more than these if anything was written there)
+    from lightning.pytorch.utilities import rank_zero_only
+
     if hydra_cfg.mode != RunMode.RUN or rank_zero_only.rank != 0:
         return
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -7,12 +7,11 @@ import logging
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.sweeps.storage import open_storage, storage_address
+from visiontrain.sweeps.storage import PRUNED_AT, open_storage, storage_address
 
 log = logging.getLogger("visiontrain")
 
 # user attribute of a trial this callback stopped; the sweeper then tells the trial as pruned
-PRUNED_AT = "pruned_at_epoch"
 
 
 class OptunaPruning(Callback):

@@ -25,6 +25,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 
 JOURNAL = "journal:"
+# the trial attribute a job's pruning callback sets (the epoch it stopped at), which the sweeper reads back
+PRUNED_AT = "pruned_at_epoch"
 
 
 class StorageUnavailable(Exception):

@@ -47,7 +47,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from visiontrain.sweeps.pruning import PRUNED_AT
 from visiontrain.sweeps.report import (
     HOST,
     JOB_DIR,
@@ -58,6 +57,7 @@ from visiontrain.sweeps.report import (
     write_study_report,
 )
 from visiontrain.sweeps.storage import (
+    PRUNED_AT,
     StorageUnavailable,
     has_heartbeat,
     open_storage,
