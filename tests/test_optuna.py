@@ -305,3 +305,59 @@ def test_primary_config_composes_as_its_command_line(tmp_path, overrides):
         return OmegaConf.to_container(cfg), choices
 
     assert composed("best", left) == composed("train", overrides)
+
+
+# lightning-hydra-template's configs/hparams_search/mnist_optuna.yaml as it is written, with the sweeper's name (its
+# defaults entry and _target_) changed to ours and the search space over our simple_cnn's keys; two trials
+LHT_STYLE = """\
+# @package _global_
+
+defaults:
+  - override /hydra/sweeper: visiontrain_optuna
+
+optimized_metric: "val/acc_best"
+
+hydra:
+  mode: "MULTIRUN"
+
+  sweeper:
+    _target_: hydra_plugins.visiontrain_optuna.optuna_sweeper.OptunaSweeper
+    storage: null
+    study_name: null
+    n_jobs: 1
+    direction: maximize
+    n_trials: 2
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10
+    params:
+      model.optimizer.lr: interval(0.0001, 0.1)
+      data.batch_size: choice(32, 64)
+      model.net.width: choice(4, 8)
+"""
+
+
+def test_a_lightning_hydra_template_search_runs_with_only_the_sweepers_name_changed(tmp_path, datasets):
+    (tmp_path / "my_configs" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "my_configs" / "hparams_search" / "lht_style.yaml").write_text(LHT_STYLE)
+    args = ["--config-dir=my_configs", "hparams_search=lht_style", "trainer.max_epochs=1", "data.val_size=100",
+            "logger=csv", "extras.print_config=false", "callbacks.progress_bar=null"]  # fmt: skip
+    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)  # no -m: the config says MULTIRUN
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = run_dirs(tmp_path, "multiruns")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    assert {t.params["model.net.width"] for t in study.trials} <= {4, 8}
+    assert (sweep / "best.yaml").is_file() and len(summary_rows(sweep)) == 2
+
+
+def test_the_sweep_stops_once_more_trials_fail_than_max_failure_rate_allows(tmp_path, datasets):
+    args = [*SWEEP, "model.net.dropout=2.0", "hydra.sweeper.max_failure_rate=0.5"]  # every trial fails
+    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
+    assert result.returncode == 1
+    assert "error: 1 of 1 finished trials failed, more than hydra.sweeper.max_failure_rate=0.5" in result.stderr
+    (sweep,) = run_dirs(tmp_path, "multiruns")
+    assert [t.state for t in study_of(sweep).trials] == [TrialState.FAIL]  # no trial asked after it
+    assert (sweep / "summary.csv").is_file()

@@ -138,11 +138,23 @@ class StudySweeper(Sweeper):
         params: dict[str, str] | None,
         sampler: Any,
         pruner: Any,
+        max_failure_rate: float = 1.0,
+        search_space: Any = None,
+        custom_search_space: str | None = None,
     ) -> None:
+        for key, given in (("search_space", search_space), ("custom_search_space", custom_search_space)):
+            if given:
+                raise SystemExit(
+                    f"error: hydra.sweeper.{key} is not read by this sweeper; give the search space as "
+                    "hydra.sweeper.params (Hydra's sweep syntax: choice(...), interval(...), range(...))."
+                )
+        if not 0.0 <= float(max_failure_rate) <= 1.0:
+            raise SystemExit(f"error: hydra.sweeper.max_failure_rate={max_failure_rate}: give a share from 0 to 1.")
+        self.max_failure_rate = float(max_failure_rate)
         if str(direction) not in DIRECTIONS:
             raise ValueError(f"hydra.sweeper.direction={direction}: use maximize or minimize")
         self.direction = DIRECTIONS[str(direction)]
-        self.study_name = study_name
+        self.study_name = study_name or "sweep"
         self.storage = storage
         self.heartbeat = {
             "heartbeat_interval": heartbeat_interval,
@@ -244,6 +256,7 @@ class StudySweeper(Sweeper):
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - started))]
                 self._run_batch(study, trials, fixed)
                 said_waiting = False
+                self._check_failures(study)
                 continue
             elsewhere = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if not elsewhere or not has_heartbeat(storage):
@@ -252,6 +265,18 @@ class StudySweeper(Sweeper):
                 said_waiting = True
                 log.info("budget spent; waiting for trials %s running in other workers to end", elsewhere)
             time.sleep(storage.get_heartbeat_interval())
+
+    def _check_failures(self, study: optuna.Study) -> None:
+        """Stop the sweep (its summary and report written) once more than ``max_failure_rate`` of its finished
+        trials failed."""
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        failed = sum(t.state == TrialState.FAIL for t in finished)
+        if finished and failed / len(finished) > self.max_failure_rate:
+            self.hydra_context.callbacks.on_multirun_end(config=self.config)
+            raise SystemExit(
+                f"error: {failed} of {len(finished)} finished trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate}; their job folders' logs say why (summary.csv lists them)."
+            )
 
     def _finish(self, study: optuna.Study, metric: str | None, fixed: list[str]) -> None:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
