@@ -169,6 +169,10 @@ def main() -> None:
         sys.argv[1:] = command_line(sys.argv[1:])
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+    # torch and Lightning load now that the command line is right, before Hydra starts any job: loaded inside a
+    # sweep's first trial, they would hold the interpreter for seconds while its heartbeat thread must beat
+    import lightning.pytorch  # noqa: F401
+
     try:
         run()
     except KeyboardInterrupt:  # Ctrl+C outside a fit or test (those end in visiontrain.callbacks.signals)
