@@ -96,4 +96,4 @@ def test_the_console_shows_a_tasks_headline_and_no_coco_markers_as_scores():
 
 def test_debug_limit_evaluates_in_training_sized_batches(tmp_path):
     cfg = compose_config("train", ["debug=limit", "data=cifar10", "model=resnet"], tmp_path)
-    assert cfg.trainer.limit_val_batches == 5 and cfg.data.eval_batch_size == cfg.data.batch_size
+    assert cfg.trainer.limit_val_batches == 3 and cfg.data.eval_batch_size == cfg.data.batch_size
