@@ -42,6 +42,8 @@ def test_classification_run_writes_curves_confusion_and_per_class_plots_and_eval
     assert png_size(plots / "confusion_matrix.png") == (1000, 900)
     assert png_size(plots / "per_class_accuracy.png") == (700, 500)
     assert png_size(plots / "test_predictions.png")[0] > 0
+    assert png_size(plots / "reliability_diagram.png") == (450, 550)
+    assert 0.0 <= metrics["test/ece"] <= 1.0
     # the history behind the curves: both epochs, each with train and val loss and the monitored metric
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     history = checkpoint["callbacks"]["LearningCurves"]["history"]
@@ -57,7 +59,23 @@ def test_classification_run_writes_curves_confusion_and_per_class_plots_and_eval
     eval_plots = Path(eval_cfg.paths.output_dir) / "plots"
     assert png_size(eval_plots / "confusion_matrix.png") == (1000, 900)
     assert png_size(eval_plots / "per_class_accuracy.png") == (700, 500)
+    assert png_size(eval_plots / "reliability_diagram.png") == (450, 550)
+    evaluated = json.loads((Path(eval_cfg.paths.output_dir) / "metrics.json").read_text())
+    assert evaluated["test/ece"] == pytest.approx(metrics["test/ece"], abs=1e-6)  # the same weights, the same images
     assert not (eval_plots / "learning_curves.png").exists()  # nothing was trained
+
+
+def test_the_reliability_diagram_shows_each_bins_accuracy_and_share():
+    """Bars at each filled bin's accuracy, the share of images per bin below: 100 images at confidence 0.95 of which
+    90 right, 100 at 0.55 of which 40 right."""
+    from visiontrain.plots.figures import reliability_figure
+
+    confidences = torch.tensor([0.95] * 100 + [0.55] * 100)
+    correct = torch.tensor([1] * 90 + [0] * 10 + [1] * 40 + [0] * 60)
+    figure = reliability_figure(confidences, correct, 15, "title")
+    top, bottom = figure.axes
+    assert sorted(round(bar.get_height(), 6) for bar in top.patches) == [0.4, 0.9]
+    assert sorted(round(bar.get_height(), 6) for bar in bottom.patches if bar.get_height() > 0) == [0.5, 0.5]
 
 
 def _best(cfg) -> str:

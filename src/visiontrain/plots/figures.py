@@ -150,3 +150,32 @@ def prediction_grid_figure(
         ax.set_title(f"{class_names[pred]} / {class_names[label]}", fontsize=7, color="green" if right else "red")
     fig.tight_layout()
     return fig
+
+
+def reliability_figure(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int, title: str) -> plt.Figure:
+    """The reliability diagram: per confidence bin (the top class's probability), the share of right predictions
+    against the bin's mean confidence, with the bin's share of the images; a calibrated model lies on the
+    diagonal. ``correct``: 1 where the top class was the true one."""
+    edges = torch.linspace(0, 1, n_bins + 1)
+    which = torch.bucketize(confidences.float().clamp(0, 1), edges[1:-1])
+    counts = torch.bincount(which, minlength=n_bins).float()
+    right = torch.bincount(which, weights=correct.float(), minlength=n_bins)
+    mean_confidence = torch.bincount(which, weights=confidences.float(), minlength=n_bins)
+    filled = counts > 0
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    top.bar(centres[filled], (right[filled] / counts[filled]), width=1 / n_bins, edgecolor="black", alpha=0.7,
+            label="accuracy in the bin")  # fmt: skip
+    top.plot(mean_confidence[filled] / counts[filled], right[filled] / counts[filled], "o", color="crimson",
+             markersize=3, label="at the bin's mean confidence")  # fmt: skip
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(fontsize=7, loc="upper left")
+    top.set_title(title, fontsize=9)
+    bottom.bar(centres, counts / counts.sum().clamp(min=1), width=1 / n_bins, color="steelblue")
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("share")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
+from torchmetrics.utilities import dim_zero_cat
 from torchvision.transforms import v2
 
 from visiontrain.data.spec import DataSpec
@@ -19,6 +20,7 @@ from visiontrain.plots.figures import (
     per_class_figure,
     prediction_grid_figure,
     publish_figure,
+    reliability_figure,
 )
 from visiontrain.tasks.base import (
     OptimizerFactory,
@@ -29,6 +31,8 @@ from visiontrain.tasks.base import (
 )
 from visiontrain.tasks.running import RunningAccuracy, RunningMean
 from visiontrain.tasks.tta import augmented
+
+CALIBRATION_BINS = 15
 
 
 def accuracy_metrics(num_classes: int, training: bool = False) -> MetricCollection:
@@ -115,6 +119,8 @@ class ClassificationModule(VisionTask):
         self.val_acc_best.persistent(True)
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # expected calibration error (15 equal-width bins of the top class's probability) and its diagram
+        self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS)
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -223,6 +229,7 @@ class ClassificationModule(VisionTask):
         labels = batch[1]
         self.test_class_acc.update(preds, labels)
         self.test_confusion.update(preds, labels)
+        self.test_calibration.update(logits.float(), labels)
         kept = sum(len(s[0]) for s in self._test_samples)
         if kept < self.hparams.test_images_logged:
             n = self.hparams.test_images_logged - kept
@@ -246,6 +253,18 @@ class ClassificationModule(VisionTask):
         publish_figure(
             self.trainer, "per_class_accuracy", per_class_figure(per_class, self.class_names, "accuracy", title)
         )
+        ece = self.test_calibration.compute()
+        self.log("test/ece", ece, sync_dist=True)
+        # the metric's own states: each image's top-class probability and whether that class was right
+        confidences, correct = (dim_zero_cat(state) for state in (self.test_calibration.confidences,
+                                                                   self.test_calibration.accuracies))  # fmt: skip
+        title = f"reliability, {split} (expected calibration error {float(ece):.3f})"
+        publish_figure(
+            self.trainer,
+            "reliability_diagram",
+            reliability_figure(confidences.cpu(), correct.cpu(), CALIBRATION_BINS, title),
+            tag="test/reliability_diagram",
+        )
         if self._test_samples:
             images, preds, labels = (torch.cat(t) for t in zip(*self._test_samples))
             grid = prediction_grid_figure(images, preds, labels, self.class_names)
@@ -253,3 +272,4 @@ class ClassificationModule(VisionTask):
         self._test_samples.clear()
         self.test_class_acc.reset()
         self.test_confusion.reset()
+        self.test_calibration.reset()
