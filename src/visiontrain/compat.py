@@ -204,6 +204,11 @@ def trainer_arguments() -> set[str]:
                     if isinstance(item, ast.FunctionDef) and item.name == "__init__":
                         names = [a.arg for a in (*item.args.args, *item.args.kwonlyargs)]
                         return set(names) - {"self"}
+    return imported_trainer_arguments()
+
+
+def imported_trainer_arguments() -> set[str]:
+    """The same names from the imported Trainer's signature."""
     import inspect
 
     from lightning.pytorch import Trainer
@@ -212,12 +217,7 @@ def trainer_arguments() -> set[str]:
 
 
 def probe_trainer_arguments() -> None:
-    import inspect
-
-    from lightning.pytorch import Trainer
-
-    imported = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    if trainer_arguments() != imported:
+    if trainer_arguments() != imported_trainer_arguments():
         raise moved("lightning", "the Trainer's arguments read from its source differ from its signature")
 
 

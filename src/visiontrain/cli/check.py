@@ -35,10 +35,9 @@ def versions() -> list[str]:
     line("python", f"{platform.python_version()} ({sys.executable})")
     missing = []
     for package in PACKAGES:
-        try:
-            line(package, metadata.version(package))
-        except metadata.PackageNotFoundError:
-            line(package, "not installed")
+        installed = _version(package)
+        line(package, installed)
+        if installed == NOT_INSTALLED:
             missing.append(package)
     return [f'{", ".join(missing)} not installed: run pip install -e ".[dev]".'] if missing else []
 
@@ -99,11 +98,14 @@ def torchvision_operators() -> list[str]:
     return []
 
 
+NOT_INSTALLED = "not installed"
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return "(not installed)"
+        return NOT_INSTALLED
 
 
 def data_dir() -> list[str]:
@@ -126,7 +128,7 @@ def data_dir() -> list[str]:
 CHECKS: tuple[Callable[[], list[str]], ...] = (versions, hardware, torchvision_operators, data_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     problems: list[str] = []
     for check in CHECKS:
         try:

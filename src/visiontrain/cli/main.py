@@ -45,7 +45,7 @@ def usage() -> str:
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 
 
-def completion_command(args: list[str]) -> tuple[str, list[str]]:
+def completion_command() -> str:
     """Hydra's shell completion for ``visiontrain <command> ...``. Its script calls ``visiontrain -sc query=...``
     with the whole line in COMP_LINE; Hydra completes the line of one app, so the command word is taken out of it
     (and out of COMP_POINT) and that command answers. ``visiontrain [command] -sc install=bash`` installs it."""
@@ -57,14 +57,14 @@ def completion_command(args: list[str]) -> tuple[str, list[str]]:
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
         point = int(os.environ.get("COMP_POINT", len(line)))
         os.environ["COMP_POINT"] = str(max(0, point - len(words[1]) - 1))
-    return command, args
+    return command
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and (args[0] in COMPLETION_FLAGS or (len(args) > 1 and args[1] in COMPLETION_FLAGS)):
-        command, rest = completion_command(args if args[0] in COMPLETION_FLAGS else args[1:])
-        sys.argv = ["visiontrain", *rest]  # the program the completion script names
+        command = completion_command()
+        sys.argv = ["visiontrain", *(args if args[0] in COMPLETION_FLAGS else args[1:])]  # as the script names it
         raise SystemExit(importlib.import_module(COMMANDS[command][0]).main() or 0)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
@@ -74,11 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: visiontrain has no command {command!r}; it has {', '.join(COMMANDS)}.")
     if command == "browse":
         rest = [*rest, "debug=browse"]
-    sys.argv = [f"visiontrain {command}", *rest]
-    outcome = importlib.import_module(COMMANDS[command][0]).main(
-        *([rest] if command in ("check", "sweep-report") else [])
-    )
-    raise SystemExit(outcome or 0)
+    sys.argv = [f"visiontrain {command}", *rest]  # what each command's main reads, as its script would
+    raise SystemExit(importlib.import_module(COMMANDS[command][0]).main() or 0)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ instance masks are needed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,9 +99,9 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def split_images(data_yaml: Path, split: str) -> list[Path] | None:
-    """The images data.yaml names for ``split`` (None: it names none), resolved as Ultralytics resolves them."""
-    data = read_data_yaml(data_yaml)
+def split_images(data_yaml: Path, data: dict[str, Any], split: str) -> list[Path] | None:
+    """The images data.yaml (read as ``data``) names for ``split`` (None: it names none), resolved as Ultralytics
+    resolves them."""
     entries = data.get(split)
     if entries is None:
         return None
@@ -196,11 +197,14 @@ class YoloSource(DetectionSource):
     """The images of the given splits with their label files parsed and checked. One source for all splits, so that
     k-fold can pool train and val; ``split_indices`` says which images are whose."""
 
-    def __init__(self, root: Path, splits: Sequence[str], names: Sequence[str], data_yaml: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, splits: Sequence[str], names: Sequence[str], listing: tuple[Path, dict] | None = None
+    ) -> None:
         self.root = root
-        self.name = f"the YOLO-format data {data_yaml or root}"
-        self.names_file = data_yaml or root / "data.yaml"
-        self.listed = data_yaml is not None  # the splits are where data.yaml says, not images/<split>/
+        # listing: data.yaml and its content, when the splits are where it says, not images/<split>/
+        self.listing = listing
+        self.names_file = listing[0] if listing else root / "data.yaml"
+        self.name = f"the YOLO-format data {listing[0] if listing else root}"
         self.image_paths: list[Path] = []
         self.label_paths: list[Path | None] = []  # None: no label file (a background image)
         self.image_sizes = []
@@ -214,8 +218,8 @@ class YoloSource(DetectionSource):
         self.box_lines = [a["where"] for anns in self.annotations for a in anns if a["polygon"] is None]
 
     def _read_split(self, split: str, names: Sequence[str]) -> None:
-        if self.listed:
-            images = split_images(self.names_file, split) or []
+        if self.listing:
+            images = split_images(*self.listing, split) or []
             label_files = [label_path(p) for p in images]
             images_dir = labels_dir = Path(f"{self.names_file}: {split}")  # for messages
         else:
@@ -338,10 +342,15 @@ class YoloDetectionDataModule(DetectionDataModule):
         self.folds, self.fold = checked_folds(folds, fold)
         self.split_seed = split_seed
 
+    @functools.cached_property
+    def listing(self) -> tuple[Path, dict[str, Any]] | None:
+        """data.yaml and its content, read once, when the splits are where it says."""
+        return (self.data_yaml, read_data_yaml(self.data_yaml)) if self.data_yaml is not None else None
+
     @property
     def has_test_split(self) -> bool:
-        if self.data_yaml is not None:
-            return read_data_yaml(self.data_yaml).get("test") is not None
+        if self.listing is not None:
+            return self.listing[1].get("test") is not None
         return (self.root / "images" / "test").is_dir()
 
     def object_classes(self) -> tuple[str, ...]:
@@ -351,7 +360,7 @@ class YoloDetectionDataModule(DetectionDataModule):
 
     def make_splits(self) -> dict[str, tuple[DetectionSource, list[int]]]:
         splits = ["train", "val", "test"] if self.has_test_split else ["train", "val"]
-        source = YoloSource(self.root, splits, self.read_class_names(), self.data_yaml)
+        source = YoloSource(self.root, splits, self.read_class_names(), self.listing)
         if self.with_masks and source.box_lines:
             raise UserError(
                 f"{len(source.box_lines)} line(s) of {self.root / 'labels'} are boxes (first: {source.box_lines[0]}), "

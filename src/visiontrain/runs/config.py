@@ -20,8 +20,8 @@ log = logging.getLogger("visiontrain")
 
 
 def config_dir() -> Path:
-    """The configs: a wheel's copy inside the package (visiontrain/conf, mapped in pyproject.toml), else conf/ at
-    the root of the source tree this package runs from (a checkout, an editable install)."""
+    """The configs: a wheel's copy inside the package (visiontrain/conf, copied there by setup.py's build step), else
+    conf/ at the root of the source tree this package runs from (a checkout, an editable install)."""
     package = Path(__file__).resolve().parents[1]
     packaged = package / "conf"
     return packaged if packaged.is_dir() else package.parents[1] / "conf"
@@ -127,11 +127,13 @@ def instantiate_data(cfg: DictConfig) -> Any:
 def instantiate_trainer(cfg: DictConfig, **kwargs: Any) -> Any:
     """The Trainer ``cfg.trainer`` describes; one it cannot build (no GPU for trainer=gpu, an unknown strategy or
     precision) is one sentence naming the options and what this machine offers."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         return instantiate(cfg.trainer, **kwargs)
     except Exception as err:
         cause = err.__cause__ if err.__cause__ is not None else err
-        if type(cause).__name__ != "MisconfigurationException" and not isinstance(cause, ValueError):
+        if not isinstance(cause, (MisconfigurationException, ValueError)):
             raise
         reason = str(cause).strip().splitlines()[0].rstrip(".") if str(cause).strip() else type(cause).__name__
         asked = ", ".join(

@@ -124,11 +124,12 @@ def reset_between_jobs() -> None:
 def job_command_line(args: list[str]) -> list[str]:
     """The command-line arguments of an extra DDP process: its multirun job's, or under torchrun rank 0's, not the
     ones it was started with."""
-    if not _runs_the_task(args):
+    typed = command_line.read(args)
+    if not typed.runs_the_task:
         return args
     if _torchelastic_launched() and _world_size() > 1:
-        return _torchrun_command_line(args)
-    multirun = command_line.read(args).multirun
+        return _torchrun_command_line(args, typed.multirun)
+    multirun = typed.multirun
     if _srun_tasks() > 1 and not multirun:
         return _srun_command_line(args)
     job_dir = os.environ.get(JOB_DIR_ENV)
@@ -153,10 +154,6 @@ def _in_run_dir(overrides: list[str], run_dir: str, names: list[str]) -> list[st
 
 # what rank 0 set for itself (or that every process sets for itself) in a command line handed on
 OWN_SETTINGS = ("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
-
-
-def _runs_the_task(args: list[str]) -> bool:
-    return command_line.read(args).runs_the_task
 
 
 def _torchelastic_launched() -> bool:
@@ -188,11 +185,11 @@ def _torchrun_store() -> Store:
     return PrefixStore(f"visiontrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def _torchrun_command_line(args: list[str]) -> list[str]:
+def _torchrun_command_line(args: list[str], multirun: bool) -> list[str]:
     """Global rank 0 runs its own command line (and shares it, see ``share_run_dir``); every other process waits
     for rank 0's run folder and command line, and runs that command line in that folder. Nothing but rank 0 reads
     or takes back a command line, so ``resume=<run dir>`` typed on every node continues one run."""
-    if command_line.read(args).multirun:
+    if multirun:
         raise UserError(
             "torchrun starts the processes of one run: leave -m out (a sweep of multi-node runs: hydra/launcher=slurm)."
         )

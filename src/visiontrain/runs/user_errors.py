@@ -74,9 +74,9 @@ def remove_unstarted_run_dir(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:
         return
-    # (a run folder given to resume= or predict.py's output= holds more than these if anything was written there)
     from lightning.pytorch.utilities import rank_zero_only
 
+    # (a run folder given to resume= or predict.py's output= holds more than these if anything was written there)
     if hydra_cfg.mode != RunMode.RUN or rank_zero_only.rank != 0:
         return
     run_dir = Path(hydra_cfg.runtime.output_dir)

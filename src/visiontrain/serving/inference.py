@@ -20,7 +20,8 @@ from visiontrain.serving.base import LoadedModel, serving_for
 
 def loaded(info: artifact.ArtifactInfo, run: Callable[[Any], Any], source: Path, module: Any = None) -> LoadedModel:
     ids = list(info.category_ids) if info.category_ids is not None else None
-    return LoadedModel(info.task, list(info.class_names), info.preprocessing, run, str(source), module, ids)
+    splits = dict(info.splits) or None  # a checkpoint's: what its training run saw (exports carry none)
+    return LoadedModel(info.task, list(info.class_names), info.preprocessing, run, str(source), module, ids, splits)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") -> LoadedModel:
@@ -39,9 +40,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") ->
     task_module.set_tta(tta)  # a mode the task lacks ends here, before any image is read
     task_module.load_state_dict(checkpoint.content["state_dict"])
     module = serving.exported_form(task_module.net).eval().to(device)
-    model = loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
-    model.splits = info.splits
-    return model
+    return loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
 
 
 def load_onnx(path: str | Path) -> LoadedModel:
