@@ -28,6 +28,7 @@ from visiontrain.data.imagefolder import ImageFolderDataModule
 from visiontrain.data.mask_folder import MaskFolderDataModule
 from visiontrain.data.mnist import MNISTDataModule
 from visiontrain.data.pennfudan_detection import PennFudanDataModule
+from visiontrain.errors import UserError
 
 
 def blake2b(data: bytes) -> str:
@@ -139,6 +140,52 @@ def test_exact_duplicates_within_and_across_splits_are_counted_and_named(dataset
     assert summary["test"]["count"] == 13
 
 
+def test_the_manifest_is_stored_once_per_data_version_and_each_run_keeps_its_hash(datasets, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = folder_copy(datasets, tmp_path)
+    dm = image_folder(root)
+    dm.setup("fit")
+    for run in ("run_a", "run_b"):  # two runs (or two trials) of the same data
+        manifest.record(dm, tmp_path / run)
+    (stored,) = (tmp_path / "cache" / "visiontrain" / "manifests").glob("*.json")
+    full = json.loads(stored.read_text())
+    assert listed(full, root) == on_disk(root)
+    assert stored.stem == blake2b(stored.read_bytes())  # content-addressed
+    for run in ("run_a", "run_b"):
+        brief = json.loads((tmp_path / run / "splits.json").read_text())
+        assert brief["manifest"] == {"hash": stored.stem, "path": str(stored)}
+        assert brief["splits"]["test"] == {k: full["splits"]["test"][k] for k in ("count", "digest", "labels_digest")}
+        assert "samples" not in json.dumps(brief) and manifest.load(tmp_path / run) == full
+    # a changed data set is another version: a second file; the first runs still load theirs
+    Image.fromarray(np.full((40, 40, 3), 5, dtype=np.uint8)).save(root / "test" / "class_0" / "new.png")
+    dm = image_folder(root)
+    dm.setup("fit")
+    manifest.record(dm, tmp_path / "run_c")
+    assert len(list(stored.parent.glob("*.json"))) == 2
+    assert manifest.load(tmp_path / "run_c")["splits"]["test"]["count"] == 13
+    assert manifest.load(tmp_path / "run_a") == full
+    # an altered store is refused by name; a missing one is one sentence saying how to get it back
+    stored.write_text(stored.read_text().replace('"count":12', '"count":11'))
+    with pytest.raises(UserError, match=f"^{stored} does not hold the split manifest"):
+        manifest.load(tmp_path / "run_a")
+    stored.unlink()
+    with pytest.raises(UserError, match="which cannot be read .*a run of the same data writes it again"):
+        manifest.load(tmp_path / "run_a")
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_whole_manifest_in_the_run(datasets, tmp_path, caplog):
+    root = folder_copy(datasets, tmp_path)
+    dm = image_folder(root)
+    dm.setup("fit")
+    built = manifest.build(dm.split_contents(), dm.name)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    with caplog.at_level(logging.WARNING, logger="visiontrain.data.manifest"):
+        manifest.write(built, tmp_path / "run", blocked)
+    assert "cannot store the split manifest in" in caplog.text
+    assert manifest.load(tmp_path / "run") == built
+
+
 def test_a_second_start_hashes_only_new_or_changed_files(datasets, tmp_path, monkeypatch):
     root = folder_copy(datasets, tmp_path)
     hashed: list[str] = []
@@ -175,7 +222,7 @@ def test_run_records_its_splits_and_eval_and_predict_compare_with_them(make_conf
     cfg = make_config("train", [*RUN, f"data.root={root}"])
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    written = json.loads((run_dir / "splits.json").read_text())
+    written = manifest.load(run_dir)
     assert listed(written, root) == on_disk(root)
     # the checkpoint keeps the summary: counts, digests and the short hash of every image
     stored = artifact.load_checkpoint(run_dir / "checkpoints" / "last.ckpt").info.splits

@@ -30,9 +30,9 @@ class ArtifactInCheckpoint(Callback):
     ``model`` and ``data`` configs, the resolved model config, the data's test-time preprocessing, the task,
     the class names and (detection) category ids; and what the splits held.
 
-    The split manifest (``visiontrain.data.manifest``) is built once the data is set up for training, written into
-    the run folder (``splits.json``, beside config.yaml) and summarised in every checkpoint. On the first process
-    only: the others write no checkpoint.
+    The split manifest (``visiontrain.data.manifest``) is built once the data is set up for training, stored once per
+    data version, summarised in the run folder (``splits.json``, beside config.yaml) and in every checkpoint. On the
+    first process only: the others write no checkpoint.
     """
 
     def __init__(self, configs: dict[str, Any]) -> None:

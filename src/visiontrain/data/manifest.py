@@ -1,5 +1,11 @@
-"""Split manifests: what each split of a run held, written as ``<run dir>/splits.json`` and summarised in every
-checkpoint, so that a later eval or predict can tell whether it is looking at the same images.
+"""Split manifests: what each split of a run held, stored once per version of the data and summarised in every run
+folder (``<run dir>/splits.json``) and checkpoint, so that a later eval or predict can tell whether it is looking at
+the same images.
+
+The full manifest (every file's path, size and hash) is content-addressed: ``<cache>/manifests/<hash>.json``, named
+by the BLAKE2b-128 hash of its own bytes, written by the first run that sees this version of the data and shared by
+every later run and every trial of a sweep. The run folder's ``splits.json`` keeps that hash and the per-split summary
+(counts, digests, duplicates); ``load`` gives back the full manifest from either.
 
 A datamodule says what its splits hold (``SplitDataModule.split_contents``): the image file of each sample (and the
 files holding the labels: masks, annotation files, split lists), or, for data read into memory from array files
@@ -43,7 +49,8 @@ from visiontrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 1  # the full manifest
+RUN_FORMAT = 2  # the run folder's splits.json: the full manifest's hash and the summary
 HASH = "blake2b-128"
 FILE_NAME = "splits.json"
 SPLITS = ("train", "val", "test")
@@ -271,14 +278,77 @@ def duplicate_warning(manifest: Mapping[str, Any]) -> str | None:
     return f"{manifest['dataset']} holds exact duplicate images: {', '.join(parts)} (e.g. {shown}){advice}."
 
 
-def write(manifest: Mapping[str, Any], run_dir: str | Path) -> Path:
-    """``<run_dir>/splits.json``, written to a temporary file and renamed (never half a file)."""
-    path = Path(run_dir) / FILE_NAME
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file and rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(manifest, separators=(",", ":")))
+    temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def store(manifest: Mapping[str, Any], cache_dir: Path | None = None) -> tuple[str, Path]:
+    """The full manifest in ``<cache>/manifests/<hash>.json`` (written once: the same data, the same file);
+    returns its hash and path."""
+    text = json.dumps(manifest, separators=(",", ":"))
+    name = content_hash(text.encode())
+    path = Path(cache_dir or user_cache_dir()).expanduser() / "manifests" / f"{name}.json"
+    if not path.is_file():
+        write_atomic(path, text)
+    return name, path
+
+
+def write(manifest: Mapping[str, Any], run_dir: str | Path, cache_dir: Path | None = None) -> Path:
+    """``<run_dir>/splits.json``: the stored manifest's hash and where it is, the per-split counts and digests and the
+    duplicates. Where the cache cannot be written, the full manifest goes into the run folder instead."""
+    path = Path(run_dir) / FILE_NAME
+    try:
+        name, stored = store(manifest, cache_dir)
+    except OSError as err:
+        log.warning(
+            "cannot store the split manifest in %s (%s): writing all of it into %s",
+            cache_dir or user_cache_dir(),
+            err.strerror or err,
+            path,
+        )
+        write_atomic(path, json.dumps(manifest, separators=(",", ":")))
+        return path
+    splits = {
+        split: {key: entry[key] for key in ("count", "digest", "labels_digest")}
+        for split, entry in manifest["splits"].items()
+    }
+    brief = {
+        "format": RUN_FORMAT,
+        "dataset": manifest["dataset"],
+        "root": manifest["root"],
+        "manifest": {"hash": name, "path": str(stored)},
+        "splits": splits,
+        "duplicates": manifest["duplicates"],
+    }
+    write_atomic(path, json.dumps(brief, indent=1))
     return path
+
+
+def load(run_dir: str | Path) -> dict[str, Any]:
+    """The full manifest of a run: from the store ``splits.json`` names (checked against its hash), or
+    ``splits.json`` itself when it holds all of it (older runs, or a cache that could not be written)."""
+    path = Path(run_dir) / FILE_NAME
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the split manifest {path} ({getattr(err, 'strerror', None) or err}).") from err
+    if written.get("format") != RUN_FORMAT:
+        return written
+    stored = Path(written["manifest"]["path"])
+    try:
+        text = stored.read_text()
+    except OSError as err:
+        raise UserError(
+            f"{path} names the split manifest {stored}, which cannot be read ({err.strerror or err}): "
+            "a run of the same data writes it again."
+        ) from err
+    if content_hash(text.encode()) != written["manifest"]["hash"]:
+        raise UserError(f"{stored} does not hold the split manifest {path} names: its content has changed.")
+    return json.loads(text)
 
 
 def summary(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -296,13 +366,13 @@ def summary(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def record(datamodule: Any, run_dir: str | Path) -> dict[str, dict[str, Any]] | None:
-    """Build the manifest of a set-up datamodule, write it into ``run_dir``, warn about duplicates; returns the
-    checkpoint's summary (None: the datamodule lists nothing)."""
+    """Build the manifest of a set-up datamodule, store it and summarise it in ``run_dir``, warn about duplicates;
+    returns the checkpoint's summary (None: the datamodule lists nothing)."""
     contents = datamodule.split_contents()
     if not contents:
         return None
     manifest = build(contents, datamodule.name, datamodule.hash_cache_dir())
-    write(manifest, run_dir)
+    write(manifest, run_dir, datamodule.hash_cache_dir())
     warning = duplicate_warning(manifest)
     if warning:
         log.warning(warning)
