@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from tests.conftest import run_cli, run_process
 from tests.test_cli import run_dirs
+from visiontrain.models.simple_cnn import SimpleCNN
 from visiontrain.sweeps.report import (
     OVERRIDES,
     SEARCH_PATH,
@@ -361,3 +362,61 @@ def test_the_sweep_stops_once_more_trials_fail_than_max_failure_rate_allows(tmp_
     (sweep,) = run_dirs(tmp_path, "multiruns")
     assert [t.state for t in study_of(sweep).trials] == [TrialState.FAIL]  # no trial asked after it
     assert (sweep / "summary.csv").is_file()
+
+
+def test_a_study_of_two_objectives_on_a_grid_reports_its_pareto_front(tmp_path, datasets):
+    args = ["-m", "hparams_search=mnist_pareto", "hydra/sweeper/sampler=grid", "model.net.width=choice(4,8)",
+            "model.net.hidden=32", "model.optimizer.lr=0.05", "trainer.max_epochs=1", "data.val_size=100",
+            "logger=csv", "extras.print_config=false", "callbacks.progress_bar=null",
+            "callbacks.model_summary=null"]  # fmt: skip
+    result = run_cli("train.py", args, cwd=tmp_path, data_dir=datasets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grid sampler: 2 combinations, so 2 trials rather than 20" in result.stdout + result.stderr
+    (sweep,) = run_dirs(tmp_path, "multiruns")
+    study = optuna.load_study(study_name="mnist_pareto", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val/acc_best", "model/parameters"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.params["model.net.width"] for t in trials) == [4, 8]  # the grid, each point once
+    for t in trials:  # each trial told what its run measured: the accuracy, and its network's size
+        run = json.loads((sweep / str(t.number) / "metrics.json").read_text())
+        net = SimpleCNN(in_channels=1, num_classes=10, image_size=28, width=t.params["model.net.width"], hidden=32)
+        assert t.values == [run["val/acc_best"], float(sum(p.numel() for p in net.parameters()))]
+    # the front: the trials no other trial beats on both objectives
+    front = {
+        t.number
+        for t in trials
+        if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in trials)
+    }
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert {s.trial for s in results.solutions} == front and "best_value" not in results
+    assert {p.stem for p in (sweep / "pareto").glob("*.yaml")} == {f"trial_{n}" for n in front}
+    assert not (sweep / "best.yaml").exists()
+    for name in ("pareto_front", "history_val-acc_best", "history_model-parameters", "slice_model-parameters"):
+        assert_png(sweep / "optuna" / f"{name}.png")
+    with (sweep / "optuna" / "trials.csv").open() as f:
+        assert next(csv.reader(f))[2:4] == ["val/acc_best", "model/parameters"]
+    rows = summary_rows(sweep)  # ranked by the first objective
+    assert [float(r["val/acc_best"]) for r in rows] == sorted((t.values[0] for t in trials), reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "sentence"),
+    [
+        ("hydra.sweeper.direction=[maximize,minimize]",
+         "error: optimized_metric names 1 metric(s) (val/acc_best) but hydra.sweeper.direction gives 2 direction(s)"),
+        ("hydra.sweeper.direction=upward", "error: hydra.sweeper.direction=upward: give maximize or minimize"),
+        ("hydra/sweeper/sampler=grid",
+         "error: the search space: model.optimizer.lr: the grid sampler needs values to try: give choice(...)"),
+        # mnist_optuna sets TPE's n_startup_trials; another sampler picked on the command line does not take it
+        ("hydra/sweeper/sampler=random",
+         "error: hydra.sweeper.sampler: RandomSampler takes no argument n_startup_trials (set for another sampler by "
+         "the config?); drop it with ~hydra.sweeper.sampler.n_startup_trials"),
+    ],
+)  # fmt: skip
+def test_a_study_that_cannot_be_set_up_is_one_sentence(tmp_path, datasets, override, sentence):
+    result = run_cli("train.py", [*SWEEP, override], cwd=tmp_path, data_dir=datasets)
+    assert result.returncode == 1 and sentence in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    sweeps = tmp_path / "outputs" / "train" / "multiruns"
+    assert sweeps.is_dir() and not list(sweeps.iterdir())  # the sweep folder was made (Hydra's config) and taken back

@@ -17,9 +17,13 @@ from omegaconf import MISSING
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.visiontrain_optuna.optuna_sweeper.OptunaSweeper"
+    # the sampler and pruner are built by the sweeper, which names a wrong argument in one sentence
+    _recursive_: bool = False
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
-    # maximize | minimize (max | min, as monitor_mode says, are accepted)
-    direction: str = "maximize"
+    # maximize | minimize (max | min, as monitor_mode says, are accepted); a list for a multi-objective study, one
+    # direction per entry of optimized_metric (e.g. [maximize, minimize] for [val/acc_best, model/parameters]):
+    # the report then holds the Pareto front
+    direction: Any = "maximize"
     # null: "sweep"
     study_name: str | None = None
     # null: sqlite:///<sweep dir>/optuna.db, so the study lives (and resumes) with the sweep's folders;
@@ -59,6 +63,8 @@ SAMPLERS = {
     "nsgaiii": {"_target_": "optuna.samplers.NSGAIIISampler", "seed": None, "population_size": 50},
     "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None, "n_startup_trials": 1},
     "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10},
+    # every combination once: the grid is made from params (choice() and range() values); n_trials is cut to its size
+    "grid": {"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": None},
 }
 PRUNERS = {
     # stop a trial whose monitored value is worse than the median of earlier trials at the same epoch

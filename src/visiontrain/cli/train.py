@@ -112,6 +112,8 @@ def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | N
 
     metrics: dict[str, float] = {}
     spec = datamodule.spec
+    # what the model costs beside what it scores: an objective for a study of several (accuracy against size)
+    metrics["model/parameters"] = float(sum(p.numel() for p in model.parameters()))
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # a run resumed after its last epoch logs nothing new: its record comes from the checkpoint it resumed
@@ -131,11 +133,15 @@ def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | N
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="train")
 @user_errors.report_user_errors
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | list[float | None] | None:
     metrics = train(cfg)
-    # the value a Hydra sweeper (Optuna) optimises
-    optimized = cfg.get("optimized_metric")
-    return metrics.get(optimized) if optimized else None
+    # the value a Hydra sweeper (Optuna) optimises; a list of them for a study of several objectives
+    optimized = config.optimized_metrics(cfg)
+    if not optimized:
+        return None
+    if OmegaConf.is_list(cfg.optimized_metric):
+        return [metrics.get(name) for name in optimized]
+    return metrics.get(optimized[0])
 
 
 def named_folder(args: list[str], prefix: str) -> str | None:

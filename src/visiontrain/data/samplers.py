@@ -186,8 +186,15 @@ class ShardedSampler(DistributedSamplerWrapper):
     ) -> None:
         # no shuffle of its own: the sampler's draw is already in random order, the same on every process
         super().__init__(sampler, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.drawn = sampler
         self.group_ids = list(group_ids) if group_ids is not None else None
         self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        # the draw is reseeded here: Lightning's wrapper passes the epoch on to the wrapped sampler only since 2.6.x,
+        # and without it every epoch (and every process) would draw from wherever the generator was left
+        super().set_epoch(epoch)
+        self.drawn.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         share = super().__iter__()

@@ -67,6 +67,15 @@ def compose_config(config_name: str, overrides: list[str], output_dir: str | Pat
     return cfg
 
 
+def optimized_metrics(cfg: DictConfig) -> list[str]:
+    """``optimized_metric`` as a list: the metric a sweeper optimises, or one per objective of a multi-objective
+    study (``optimized_metric: [val/acc_best, model/parameters]``); [] when there is none."""
+    metric = OmegaConf.select(cfg, "optimized_metric", default=None, throw_on_resolution_failure=False)
+    if not metric:
+        return []
+    return [str(m) for m in metric] if OmegaConf.is_list(metric) or isinstance(metric, list) else [str(metric)]
+
+
 def check_values(cfg: DictConfig) -> None:
     """Refuse, in one sentence, values that would otherwise fail deep inside the DataLoader or the Trainer."""
     for key in ("data.batch_size", "data.eval_batch_size"):

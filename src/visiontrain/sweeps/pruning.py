@@ -47,7 +47,11 @@ class OptunaPruning(Callback):
         storage = open_storage(storage_address(hydra.sweeper.get("storage"), hydra.sweep.dir, hydra.runtime.cwd))
         # the pruner is not stored with the study: build the sweep's own from its config
         pruner = instantiate(hydra.sweeper.pruner) if hydra.sweeper.get("pruner") else None
-        study = optuna.load_study(study_name=hydra.sweeper.study_name, storage=storage, pruner=pruner)
+        study = optuna.load_study(study_name=hydra.sweeper.study_name or "sweep", storage=storage, pruner=pruner)
+        if len(study.directions) > 1:
+            log.info("Optuna prunes studies of one objective only: this trial of %d objectives runs to its end",
+                     len(study.directions))  # fmt: skip
+            return None
         (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == hydra.job.num]
         return optuna.trial.Trial(study, frozen._trial_id)
 

@@ -4,6 +4,9 @@
   (fANOVA parameter importances), ``parallel_coordinate.png``, ``slice.png`` (the metric against each parameter);
   a plot that cannot say anything yet (too few completed trials, no parameter that varies) is skipped with a
   log line.
+- A study of several objectives (``direction: [maximize, minimize]``) draws ``pareto_front.png`` and each plot above
+  once per objective (``history_<metric>.png``, ...), and writes each trial of its Pareto front as
+  ``<sweep dir>/pareto/trial_<number>.yaml`` in place of best.yaml.
 - ``<sweep dir>/best.yaml``: the best trial's command line as a primary config (``defaults: [train, override
   <group>: <option>, ...]`` then the values), so that
   ``python train.py --config-dir <sweep dir> --config-name best`` trains that trial again, and more overrides can
@@ -48,6 +51,8 @@ PLOTS_FOLDER = "optuna"
 # every trial of the study, whichever worker ran it: number, state, value, where it ran, parameters
 TRIALS_TABLE = "trials.csv"
 BEST_CONFIG = "best.yaml"
+# several objectives: one config per trial of the Pareto front, in this folder of the sweep
+PARETO_FOLDER = "pareto"
 # launch mechanics rather than the trial's configuration: resume=<sweep dir> continues the sweep's folders
 NOT_REPRODUCED = {"resume"}
 # a rerun of the best trial is one training run, not part of the study: its pruning callback (from the
@@ -59,7 +64,10 @@ NO_PRUNING = "++callbacks.optuna_pruning=null"
 class StudyReport:
     plots: list[Path] = field(default_factory=list)
     best_config: Path | None = None
-    # the best trial's overrides, and the arguments that run best.yaml, after ``python train.py``
+    # several objectives: the Pareto front's trials as configs, in trial order
+    pareto_configs: list[Path] = field(default_factory=list)
+    # the best trial's (or the front's first trial's) overrides, and the arguments that run its config, after
+    # ``python train.py``
     overrides: list[str] = field(default_factory=list)
     config_command: list[str] = field(default_factory=list)
 
@@ -94,50 +102,74 @@ def write_study_report(
     ``config_name``: the sweep's primary config, which best.yaml starts from.
     """
     sweep_dir = Path(sweep_dir).resolve()
-    metric = (study.metric_names or ["value"])[0]
-    report = StudyReport(plots=write_plots(study, sweep_dir / PLOTS_FOLDER, metric))
+    names = objective_names(study)
+    report = StudyReport(plots=write_plots(study, sweep_dir / PLOTS_FOLDER, names))
     write_trials_table(study, sweep_dir / PLOTS_FOLDER / TRIALS_TABLE)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         log.info("no completed trial in study %r: no %s", study.study_name, BEST_CONFIG)
         return report
-    best = study.best_trial
-    overrides = runnable_overrides(best.user_attrs.get(OVERRIDES) or [*fixed_overrides, *trial_overrides(best.params)])
     # configs of the sweep's own folders are found again through the search path (in best.yaml: hydra.searchpath)
     search_path = list(study.user_attrs.get(SEARCH_PATH) or [])
-    if search_path:
-        overrides.insert(0, "hydra.searchpath=[" + ",".join(f"'{url}'" for url in search_path) + "]")
-    report.overrides = [*overrides, NO_PRUNING]
-    report.best_config = sweep_dir / BEST_CONFIG
-    config, left = primary_config(report.overrides, is_group or project_groups(search_path), config_name)
-    report.config_command = ["--config-dir", str(sweep_dir), "--config-name", report.best_config.stem, *left]
-    header = [
-        f"Best trial of the Optuna study {study.study_name}: #{best.number}, {metric} = {best.value} "
-        f"({study.direction.name.lower()}; {len(complete)} of {len(study.trials)} trials completed).",
-        command_line(report.config_command),
-        "trains it again (further overrides may follow); the same run as overrides:",
-        command_line(report.overrides),
-    ]
-    report.best_config.write_text("".join(f"# {line}\n" for line in header) + OmegaConf.to_yaml(config))
+    groups = is_group or project_groups(search_path)
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    counted = f"{len(complete)} of {len(study.trials)} trials completed"
+
+    def write(trial: FrozenTrial, path: Path, title: str) -> None:
+        overrides = runnable_overrides(
+            trial.user_attrs.get(OVERRIDES) or [*fixed_overrides, *trial_overrides(trial.params)]
+        )
+        if search_path:
+            overrides.insert(0, "hydra.searchpath=[" + ",".join(f"'{url}'" for url in search_path) + "]")
+        overrides.append(NO_PRUNING)
+        config, left = primary_config(overrides, groups, config_name)
+        command = ["--config-dir", str(path.parent), "--config-name", path.stem, *left]
+        header = [title, command_line(command), "trains it again (further overrides may follow); the same run as "
+                  "overrides:", command_line(overrides)]  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"# {line}\n" for line in header) + OmegaConf.to_yaml(config))
+        if not report.overrides:  # the first written is the one the log shows
+            report.overrides, report.config_command = overrides, command
+
+    if len(study.directions) == 1:
+        best = study.best_trial
+        report.best_config = sweep_dir / BEST_CONFIG
+        write(best, report.best_config, f"Best trial of the Optuna study {study.study_name}: #{best.number}, "
+              f"{names[0]} = {best.value} ({directions}; {counted}).")  # fmt: skip
+        return report
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    for trial in front:
+        path = sweep_dir / PARETO_FOLDER / f"trial_{trial.number}.yaml"
+        values = ", ".join(f"{name} = {value}" for name, value in zip(names, trial.values))
+        write(trial, path, f"Trial #{trial.number} of the Pareto front of the Optuna study {study.study_name} "
+              f"({len(front)} trials): {values} ({directions}; {counted}).")  # fmt: skip
+        report.pareto_configs.append(path)
     return report
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's metric names (``optimized_metric``), else ``value`` (``value 0``, ``value 1``, ...)."""
+    if study.metric_names:
+        return list(study.metric_names)
+    return ["value"] if len(study.directions) == 1 else [f"value {n}" for n in range(len(study.directions))]
 
 
 def write_trials_table(study: optuna.Study, path: Path) -> None:
     """Every trial of the study in trial order: a shared study's workers each see only their own job folders."""
     trials = study.get_trials(deepcopy=False)
     params = sorted({name for t in trials for name in t.params})
-    metric = (study.metric_names or ["value"])[0]
+    names = objective_names(study)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial", "state", metric, "seconds", "retry_of", HOST, JOB_DIR, *params])
+        writer.writerow(["trial", "state", *names, "seconds", "retry_of", HOST, JOB_DIR, *params])
         for t in trials:
             seconds = round(t.duration.total_seconds(), 1) if t.duration else ""
             writer.writerow(
                 [
                     t.number,
                     t.state.name.lower(),
-                    "" if t.value is None else t.value,
+                    *(t.values or [""] * len(names)),
                     seconds,
                     t.system_attrs.get("failed_trial", ""),
                     t.user_attrs.get(HOST, ""),
@@ -211,8 +243,9 @@ def project_groups(search_path: Sequence[str] = ()) -> Callable[[str], bool]:
     return lambda name: bool(loader.get_group_options(name))
 
 
-def write_plots(study: optuna.Study, folder: Path, metric: str = "value") -> list[Path]:
-    """The study's plots that can be drawn, as PNGs in ``folder``; each one that cannot is skipped with a reason."""
+def write_plots(study: optuna.Study, folder: Path, names: Sequence[str] = ("value",)) -> list[Path]:
+    """The study's plots that can be drawn, as PNGs in ``folder``; each one that cannot is skipped with a reason.
+    Several objectives: the Pareto front, then each plot once per objective (``history_<metric>.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: a sweep may end on a headless node
@@ -223,23 +256,40 @@ def write_plots(study: optuna.Study, folder: Path, metric: str = "value") -> lis
     # choice(8, 16, 32) is drawn as categories, which matplotlib announces on every axis
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
 
-    plots = {
-        "history": lambda: optuna_plots.plot_optimization_history(study, target_name=metric),
-        # fANOVA with a fixed seed: the same figure under Optuna 4 and 5 (whose default evaluators differ), and
-        # quick (a small random forest: ~0.2 s for 20 trials)
-        "importances": lambda: optuna_plots.plot_param_importances(
-            study, evaluator=FanovaImportanceEvaluator(seed=0), target_name=metric
-        ),
-        "parallel_coordinate": lambda: optuna_plots.plot_parallel_coordinate(study, target_name=metric),
-        "slice": lambda: optuna_plots.plot_slice(study, target_name=metric),
-    }
+    def per_objective(index: int | None, name: str) -> dict[str, Callable[[], Any]]:
+        # one objective: Optuna's own value; several: each objective's value picked out of trial.values
+        target = None if index is None else (lambda trial: trial.values[index])
+        return {
+            "history": lambda: optuna_plots.plot_optimization_history(study, target=target, target_name=name),
+            # fANOVA with a fixed seed: the same figure under Optuna 4 and 5 (whose default evaluators differ),
+            # and quick (a small random forest: ~0.2 s for 20 trials)
+            "importances": lambda: optuna_plots.plot_param_importances(
+                study, evaluator=FanovaImportanceEvaluator(seed=0), target=target, target_name=name
+            ),
+            "parallel_coordinate": lambda: optuna_plots.plot_parallel_coordinate(
+                study, target=target, target_name=name
+            ),
+            "slice": lambda: optuna_plots.plot_slice(study, target=target, target_name=name),
+        }
+
+    # file name -> (kind of plot, how to draw it, the objective it shows)
+    plots: dict[str, tuple[str, Callable[[], Any], int]] = {}
+    if len(study.directions) == 1:
+        plots = {kind: (kind, draw, 0) for kind, draw in per_objective(None, names[0]).items()}
+    else:
+        pareto = lambda: optuna_plots.plot_pareto_front(study, target_names=list(names))  # noqa: E731
+        plots["pareto_front"] = ("history", pareto, 0)  # drawable as soon as one trial completed
+        for index, name in enumerate(names):
+            slug = name.replace("/", "-").replace(" ", "_")
+            for kind, draw in per_objective(index, name).items():
+                plots[f"{kind}_{slug}"] = (kind, draw, index)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         log.info("Optuna plots not drawn: no completed trial")
         return []
     written = []
-    for name, draw in plots.items():
-        reason = not_drawable(name, complete)
+    for name, (kind, draw, index) in plots.items():
+        reason = not_drawable(kind, complete, index)
         if reason:
             log.info("Optuna plot %s not drawn: %s", name, reason)
             continue
@@ -266,8 +316,9 @@ def write_plots(study: optuna.Study, folder: Path, metric: str = "value") -> lis
     return written
 
 
-def not_drawable(plot: str, complete: Sequence[FrozenTrial]) -> str | None:
-    """Why ``plot`` would say nothing (or fail) for these completed trials; None if it can be drawn."""
+def not_drawable(plot: str, complete: Sequence[FrozenTrial], objective: int = 0) -> str | None:
+    """Why ``plot`` would say nothing (or fail) for these completed trials (judged on objective number
+    ``objective``); None if it can be drawn."""
     if not complete:
         return "no completed trial"
     if plot == "history":
@@ -280,8 +331,9 @@ def not_drawable(plot: str, complete: Sequence[FrozenTrial]) -> str | None:
     if plot == "importances":
         if not any(len({repr(trial.params.get(name)) for trial in complete}) > 1 for name in names):
             return "no parameter varies between the completed trials"
-        if len({trial.value for trial in complete}) == 1:  # fANOVA finds no variance to attribute
-            return f"every completed trial scored {complete[0].value}"
+        values = {trial.values[objective] for trial in complete}
+        if len(values) == 1:  # fANOVA finds no variance to attribute
+            return f"every completed trial scored {values.pop()}"
     return None
 
 
@@ -315,6 +367,8 @@ def report_from_storage(storage: str, study_name: str, out: Path, config_name: s
     print(f"study {study_name!r}: {len(study.trials)} trials; every trial in {out / PLOTS_FOLDER / TRIALS_TABLE}")
     for plot in result.plots:
         print(f"plot: {plot}")
+    if result.pareto_configs:
+        print(f"the Pareto front's {len(result.pareto_configs)} trials as configs in {result.pareto_configs[0].parent}")
     if result.best_config:
         print(f"best trial as a config: {result.best_config}; train it again with")
         print(f"\t{command_line(result.config_command)}")

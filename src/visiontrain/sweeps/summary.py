@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from visiontrain.runs import config as run_config
 from visiontrain.sweeps import groups as run_groups
 from visiontrain.sweeps import storage as study_storage
 
@@ -120,8 +121,13 @@ class SweepSummary(Callback):
         self.mode = mode
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        metric = self.metric or config.get("optimized_metric") or config.get("monitor")
-        mode = self.mode or config.get("monitor_mode") or "max"
+        # several objectives: ranked by the first, in its direction
+        optimized = run_config.optimized_metrics(config)
+        metric = self.metric or (optimized[0] if optimized else None) or config.get("monitor")
+        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+        first = str(direction[0]) if OmegaConf.is_list(direction) and len(direction) else None
+        mode = self.mode or ({"maximize": "max", "minimize": "min"}.get(first, first) if first else None)
+        mode = mode or config.get("monitor_mode") or "max"
         path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
         log.info("sweep summary written to %s", path)
 

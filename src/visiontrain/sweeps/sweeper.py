@@ -13,6 +13,10 @@
   stale, so that a killed worker's trial is not left behind.
 - A job that raises is told as a failed trial and the sweep goes on; a job its pruning callback stopped
   (``visiontrain.sweeps.pruning``) is told as pruned.
+- ``direction: [maximize, minimize]`` makes a multi-objective study: each job returns one value per entry of
+  ``optimized_metric`` (a list of the same length), and the study's result is its Pareto front.
+- ``sampler: grid`` (Optuna's GridSampler, given as a partial the way the published plugin gives it): the grid is
+  every combination of the ``choice()`` and ``range()`` values, and ``n_trials`` is cut to its size.
 - ``resume=<sweep dir>``: the study is loaded from that folder (or the storage given); trials the interrupted
   sweep left running (those whose job folder is in this sweep folder) are run again under their number, in
   their folder (the job continues from its last checkpoint), then new trials until the budget is spent.
@@ -22,8 +26,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
+import re
 import signal
 import socket
 import threading
@@ -39,14 +46,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from visiontrain.runs import config
 from visiontrain.sweeps.report import (
     HOST,
     JOB_DIR,
@@ -119,9 +128,49 @@ def search_space(
     return space, fixed
 
 
-def built(node: Any) -> Any:
-    """A sampler or pruner: Hydra has usually instantiated it already; a config node still is one."""
-    return instantiate(node) if isinstance(node, (DictConfig, dict)) else node
+def grid_values(name: str, dist: BaseDistribution) -> list[Any]:
+    """The values a grid takes for one swept key: a choice's values, a range's steps."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    step = getattr(dist, "step", None)
+    if step is None or getattr(dist, "log", False):
+        raise SearchSpaceError(
+            f"{name}: the grid sampler needs values to try: give choice(...) or range(...), not interval(...)"
+        )
+    count = int(round((dist.high - dist.low) / step)) + 1
+    values = [dist.low + n * step for n in range(count)]
+    return [int(v) for v in values] if isinstance(dist, IntDistribution) else [round(v, 12) for v in values]
+
+
+def directions_of(direction: Any) -> list[str]:
+    """``maximize`` / ``[maximize, minimize]`` (and ``max`` / ``min``) as Optuna's direction names."""
+    given = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
+    wrong = [str(d) for d in given if str(d) not in DIRECTIONS]
+    if not given or wrong:
+        raise SystemExit(
+            f"error: hydra.sweeper.direction={direction}: give maximize or minimize, or a list of them "
+            "(one per optimized_metric)."
+        )
+    return [DIRECTIONS[str(d)] for d in given]
+
+
+def built(node: Any, key: str) -> Any:
+    """The sampler or pruner ``hydra.sweeper.<key>`` describes; an argument it does not take (often one an
+    hparams_search config set for the sampler it chose, after another was picked on the command line) is one
+    sentence."""
+    if not isinstance(node, (DictConfig, dict)):
+        return node
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        wrong = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__ or err))
+        if not wrong:
+            raise
+        target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+        raise SystemExit(
+            f"error: hydra.sweeper.{key}: {target} takes no argument {wrong[1]} (set for another {key} by the "
+            f"config?); drop it with ~hydra.sweeper.{key}.{wrong[1]}"
+        ) from None
 
 
 class StudySweeper(Sweeper):
@@ -142,18 +191,10 @@ class StudySweeper(Sweeper):
         search_space: Any = None,
         custom_search_space: str | None = None,
     ) -> None:
-        for key, given in (("search_space", search_space), ("custom_search_space", custom_search_space)):
-            if given:
-                raise SystemExit(
-                    f"error: hydra.sweeper.{key} is not read by this sweeper; give the search space as "
-                    "hydra.sweeper.params (Hydra's sweep syntax: choice(...), interval(...), range(...))."
-                )
-        if not 0.0 <= float(max_failure_rate) <= 1.0:
-            raise SystemExit(f"error: hydra.sweeper.max_failure_rate={max_failure_rate}: give a share from 0 to 1.")
-        self.max_failure_rate = float(max_failure_rate)
-        if str(direction) not in DIRECTIONS:
-            raise ValueError(f"hydra.sweeper.direction={direction}: use maximize or minimize")
-        self.direction = DIRECTIONS[str(direction)]
+        # checked in sweep(), where a refusal can take back the sweep folder Hydra's config has already made
+        self.settings = {"search_space": search_space, "custom_search_space": custom_search_space,
+                         "max_failure_rate": max_failure_rate, "direction": direction, "n_trials": n_trials,
+                         "n_jobs": n_jobs}  # fmt: skip
         self.study_name = study_name or "sweep"
         self.storage = storage
         self.heartbeat = {
@@ -161,14 +202,28 @@ class StudySweeper(Sweeper):
             "grace_period": grace_period,
             "max_retry": max_retry,
         }
-        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                # a sweeper's error would reach the user as Hydra's traceback: exit with the sentence instead
-                raise SystemExit(f"error: hydra.sweeper.{key}={value}: give a whole number, 1 or more.")
-        self.n_trials = n_trials
-        self.n_jobs = n_jobs
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
         self.sampler_config, self.pruner_config = sampler, pruner
+
+    def _check_settings(self) -> None:
+        given = self.settings
+        for key in ("search_space", "custom_search_space"):
+            if given[key]:
+                raise SystemExit(
+                    f"error: hydra.sweeper.{key} is not read by this sweeper; give the search space as "
+                    "hydra.sweeper.params (Hydra's sweep syntax: choice(...), interval(...), range(...))."
+                )
+        rate = given["max_failure_rate"]
+        if not 0.0 <= float(rate) <= 1.0:
+            raise SystemExit(f"error: hydra.sweeper.max_failure_rate={rate}: give a share from 0 to 1.")
+        self.max_failure_rate = float(rate)
+        self.directions = directions_of(given["direction"])
+        self.direction = ", ".join(self.directions)
+        for key in ("n_trials", "n_jobs"):
+            value = given[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SystemExit(f"error: hydra.sweeper.{key}={value}: give a whole number, 1 or more.")
+        self.n_trials, self.n_jobs = given["n_trials"], given["n_jobs"]
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -179,9 +234,42 @@ class StudySweeper(Sweeper):
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
 
     def sweep(self, arguments: list[str]) -> None:
+        # a sweeper's error would reach the user as Hydra's traceback: each refusal exits with its sentence, and
+        # the sweep folder is taken back while nothing is in it
+        try:
+            self._check_settings()
+            self._sweep(arguments)
+        except SearchSpaceError as err:
+            self._remove_empty_sweep_dir()
+            raise SystemExit(f"error: the search space: {err}.") from None
+        except SystemExit:
+            self._remove_empty_sweep_dir()
+            raise
+
+    def _remove_empty_sweep_dir(self) -> None:
+        with contextlib.suppress(OSError):  # not empty (trials ran) or already gone: kept as it is
+            self.sweep_dir.rmdir()
+
+    def _sweep(self, arguments: list[str]) -> None:
         space, fixed = search_space(self.params, arguments)
         if not space:
             raise SearchSpaceError("nothing to search: set hydra.sweeper.params or give a sweep override")
+        # what can be refused is refused before anything is written
+        sampler = built(self.sampler_config, "sampler")
+        if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
+            grid = {name: grid_values(name, dist) for name, dist in space.items()}
+            size = math.prod(len(values) for values in grid.values())
+            if size < self.n_trials:
+                log.info("grid sampler: %d combinations, so %d trials rather than %d", size, size, self.n_trials)
+                self.n_trials = size
+            sampler = sampler(grid)
+        pruner = built(self.pruner_config, "pruner")
+        metrics = config.optimized_metrics(self.config)
+        if metrics and len(metrics) != len(self.directions):
+            raise SystemExit(
+                f"error: optimized_metric names {len(metrics)} metric(s) ({', '.join(metrics)}) but "
+                f"hydra.sweeper.direction gives {len(self.directions)} direction(s): give one direction per metric."
+            )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(without_passwords(self.config), self.sweep_dir / "multirun.yaml")
         address = storage_address(self.storage, self.sweep_dir, self.config.hydra.runtime.cwd)
@@ -193,19 +281,23 @@ class StudySweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            sampler=built(self.sampler_config),
-            pruner=built(self.pruner_config),
-            direction=self.direction,
+            sampler=sampler,
+            pruner=pruner,
+            directions=self.directions,
             load_if_exists=True,
         )
+        if len(study.directions) != len(self.directions):
+            raise SystemExit(
+                f"error: the study {self.study_name!r} in {printable(address)} has {len(study.directions)} "
+                f"objective(s); hydra.sweeper.direction gives {len(self.directions)}: name another study_name."
+            )
         if study.get_trials(deepcopy=False):
             # a resumed or shared study: a seeded sampler would propose the trials it proposed before again
             study.sampler.reseed_rng()
-        metric = OmegaConf.select(self.config, "optimized_metric", default=None, throw_on_resolution_failure=False)
-        if metric:  # named in the study's plots and reports, also when read from its storage alone
+        if metrics:  # named in the study's plots and reports, also when read from its storage alone
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([str(metric)])
+                study.set_metric_names(metrics)
         # config folders given to this sweep (--config-dir, hydra.searchpath=...): best.yaml searches them too
         sources = self.config.hydra.runtime.config_sources
         study.set_user_attr(SEARCH_PATH, [f"{s.schema}://{s.path}" for s in sources if "command-line" in s.provider])
@@ -234,7 +326,7 @@ class StudySweeper(Sweeper):
             )
             self.hydra_context.callbacks.on_multirun_end(config=self.config)
             raise
-        self._finish(study, metric, fixed)
+        self._finish(study, metrics, fixed)
 
     def _run_trials(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
         storage = self.study_storage
@@ -278,16 +370,28 @@ class StudySweeper(Sweeper):
                 f"{self.max_failure_rate}; their job folders' logs say why (summary.csv lists them)."
             )
 
-    def _finish(self, study: optuna.Study, metric: str | None, fixed: list[str]) -> None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if done:
-            best = study.best_trial
-            name = metric or "value"
-            log.info("best trial #%d: %s = %s (%s), %s", best.number, name, best.value, self.direction, best.params)
-            OmegaConf.save(
-                OmegaConf.create({"trial": best.number, "value": best.value, "params": best.params}),
-                self.sweep_dir / "optimization_results.yaml",
-            )
+    def _finish(self, study: optuna.Study, metrics: list[str], fixed: list[str]) -> None:
+        """The best trial (or, for several objectives, the Pareto front) logged and written to
+        optimization_results.yaml under the published plugin's keys; then the report."""
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            names = metrics or [f"value {n}" for n in range(len(self.directions))]
+            if len(self.directions) == 1:
+                best = study.best_trial
+                log.info("best trial #%d: %s = %s (%s), %s", best.number, names[0], best.value, self.direction,
+                         best.params)  # fmt: skip
+                results = {"name": "optuna", "best_trial": best.number, "best_params": best.params,
+                           "best_value": best.value}  # fmt: skip
+            else:
+                front = sorted(study.best_trials, key=lambda t: t.number)
+                log.info("Pareto front of %s (%s): %d trials", ", ".join(names), self.direction, len(front))
+                for t in front:
+                    shown = ", ".join(f"{name} = {value:.6g}" for name, value in zip(names, t.values))
+                    log.info("\ttrial #%d: %s, %s", t.number, shown, t.params)
+                results = {
+                    "name": "optuna",
+                    "solutions": [{"trial": t.number, "params": t.params, "values": t.values} for t in front],
+                }
+            OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         try:
             self._report(study, fixed)
         except Exception as err:  # the plots and best.yaml are extras: the study and the jobs' records stand
@@ -308,6 +412,10 @@ class StudySweeper(Sweeper):
             log.info("the best trial as a config: %s; train it again with", report.best_config)
             log.info("\t%s", command_line(report.config_command))
             log.info("or\t%s", command_line(report.overrides))
+        if report.pareto_configs:
+            folder = report.pareto_configs[0].parent
+            log.info("the Pareto front's trials as configs in %s; train one again with", folder)
+            log.info("\t%s", command_line(report.config_command))
 
     def _ours(self, trial: optuna.trial.FrozenTrial) -> bool:
         """A trial this sweep folder ran (studies from before job folders were recorded: any, in their own SQLite)."""
@@ -350,18 +458,33 @@ class StudySweeper(Sweeper):
             return
         if ret.status != JobStatus.COMPLETED:
             log.warning("trial #%d failed: %s", trial.number, ret._return_value)
-            study.tell(trial, state=TrialState.FAIL)
+            told(study, trial, state=TrialState.FAIL)
             return
         value = ret.return_value
         # written by the job's pruning callback into the storage (the Trial object here holds a cached copy)
         if PRUNED_AT in stored.user_attrs:
-            study.tell(trial, state=TrialState.PRUNED)
+            told(study, trial, state=TrialState.PRUNED)
             return
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            log.warning("trial #%d returned %r, not a number: told as failed", trial.number, value)
-            study.tell(trial, state=TrialState.FAIL)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(values) != len(self.directions) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in values
+        ):
+            wanted = "a number" if len(self.directions) == 1 else f"{len(self.directions)} numbers"
+            log.warning("trial #%d returned %r, not %s: told as failed", trial.number, value, wanted)
+            told(study, trial, state=TrialState.FAIL)
             return
-        study.tell(trial, float(value))
+        told(study, trial, [float(v) for v in values] if len(values) > 1 else float(values[0]))
+
+
+def told(study: optuna.Study, trial: optuna.trial.Trial, *args: Any, **kwargs: Any) -> None:
+    """``study.tell``. Optuna's GridSampler calls ``study.stop()`` once its grid is covered, which Optuna allows only
+    inside ``optimize()``; the trial is stored before that (``tell`` stores it in a ``finally``) and n_trials is
+    already the grid's size, so that one error is let pass."""
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def budget_spent(study: optuna.Study) -> int:
