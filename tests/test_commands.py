@@ -25,15 +25,16 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
 def test_help_lists_the_commands_and_the_config_groups(capsys):
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0
-    for command in ("train", "eval", "predict", "export", "browse", "check", "sweep-report"):
+    for command in ("train", "eval", "predict", "export", "browse", "check", "sweep-report", "label-issues"):
         assert f"\n  {command} " in out
-    assert "config groups (group=option): callbacks, data, debug, experiment" in out
+    assert "config groups (group=option): calibrate, callbacks, data, debug, experiment, explain" in out
 
 
 def test_a_mistyped_command_or_override_is_one_sentence(capsys):
     code, _, err = run_main(["trian", "model=resnet"], capsys)
     assert code == 1 and err.strip() == (
-        "error: visiontrain has no command 'trian'; it has train, eval, predict, export, browse, check, sweep-report."
+        "error: visiontrain has no command 'trian'; it has train, eval, predict, export, browse, check, sweep-report, "
+        "label-issues."
     )
     code, _, err = run_main(["train", "trainer.max_epoch=1"], capsys)  # the train command's own check
     assert code == 1

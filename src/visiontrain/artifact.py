@@ -14,8 +14,9 @@ Format 1, in a checkpoint (plain values, so the file loads with ``weights_only=T
   per split ``count``, ``digest``, ``labels_digest`` and ``hashes`` (``visiontrain.data.manifest.summary``).
 
 In an exported file: one JSON object under the ONNX metadata key / TorchScript extra file ``visiontrain``
-with ``format_version``, ``task``, ``class_names``, ``preprocessing``, ``category_ids`` (detection) and
-whatever the exporter adds (``exporter``, ``opset``).
+with ``format_version``, ``task``, ``class_names``, ``preprocessing``, ``category_ids`` (detection),
+``temperature`` (calibrate=temperature: the graph's logits are already divided by it) and whatever the exporter
+adds (``exporter``, ``opset``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class ArtifactInfo:
     configs: Mapping[str, Any] = field(default_factory=dict)
     # checkpoints only: the training run's splits (visiontrain.data.manifest.summary); {} when not recorded
     splits: Mapping[str, Any] = field(default_factory=dict)
+    # calibrate=temperature: what the logits are divided by (a checkpoint keeps it in its weights; an exported file
+    # applies it in its graph and names it in its metadata)
+    temperature: float | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What an exported file carries (the configs stay in the checkpoint)."""
@@ -78,6 +82,8 @@ class ArtifactInfo:
         }
         if self.category_ids is not None:
             info["category_ids"] = list(self.category_ids)
+        if self.temperature is not None:
+            info["temperature"] = self.temperature
         return info
 
 
@@ -339,4 +345,7 @@ def from_metadata(text: str | None, source: str) -> ArtifactInfo:
     info = json.loads(text)
     check_version(info.get("format_version", 1), source)
     category_ids = tuple(info["category_ids"]) if info.get("category_ids") is not None else None
-    return ArtifactInfo(info["task"], tuple(info["class_names"]), info["preprocessing"], category_ids)
+    temperature = float(info["temperature"]) if info.get("temperature") is not None else None
+    return ArtifactInfo(
+        info["task"], tuple(info["class_names"]), info["preprocessing"], category_ids, temperature=temperature
+    )

@@ -23,6 +23,10 @@ COMMANDS = {
     ),
     "check": ("visiontrain.cli.check", "is this environment ready? versions, CPU/GPU features, torchvision, DATA_DIR"),
     "sweep-report": ("visiontrain.sweeps.report", "an Optuna study's report from its storage: sweep-report URL STUDY"),
+    "label-issues": (
+        "visiontrain.sweeps.label_issues",
+        "likely label errors from a k-fold sweep's out-of-fold predictions: label-issues <sweep dir>",
+    ),
 }
 
 

@@ -43,6 +43,11 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             log.info(overlap[0].upper() + overlap[1:])
     # the run folder itself by default (with output=<dir>, Hydra's run folder is that folder too: conf/predict.yaml)
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir)
+    method = cfg.get("explain", {}).get("method")
+    if method:  # class activation maps beside the predictions (visiontrain.serving.explain)
+        from visiontrain.serving.explain import ExplanationWriter
+
+        explanations = ExplanationWriter(output, model, method, cfg.explain.get("layer"))
     output.mkdir(parents=True, exist_ok=True)
     transform = preprocessing.transform(model.preprocessing)
     writer = serving.writer(output, model, cfg.predict)
@@ -62,9 +67,12 @@ def predict(cfg: DictConfig) -> dict[str, float]:
                 log.warning("%s; skipped it", str(err).removesuffix("."))
         if not kept:
             continue
-        outputs = model.run(serving.collate([transform(image) for image in images]))
+        batch = serving.collate([transform(image) for image in images])
+        outputs = model.run(batch)
         for path, image, output_of_image in zip(kept, images, outputs):
             writer.add(path, image, output_of_image)
+        if method:
+            explanations.add(kept, batch, outputs)
         done += len(kept)
     writer.close()
     elapsed = time.perf_counter() - start

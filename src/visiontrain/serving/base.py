@@ -48,11 +48,14 @@ class LoadedModel:
     module: torch.nn.Module | None = None  # the network in its exported form, when loaded from a checkpoint
     category_ids: list[int] | None = None  # detection: the dataset's id of each label 1..K (COCO's are sparse)
     splits: dict[str, Any] | None = None  # a checkpoint's split manifest summary: what its training run saw
+    temperature: float | None = None  # calibrate=temperature: what its logits are divided by (already applied)
 
     @property
     def info(self) -> artifact.ArtifactInfo:
         ids = tuple(self.category_ids) if self.category_ids is not None else None
-        return artifact.ArtifactInfo(self.task, tuple(self.class_names), self.preprocessing, ids)
+        return artifact.ArtifactInfo(
+            self.task, tuple(self.class_names), self.preprocessing, ids, temperature=self.temperature
+        )
 
     @property
     def serving(self) -> TaskServing:
@@ -69,15 +72,18 @@ class PredictionWriter(Protocol):
 
 class Logits(torch.nn.Module):
     """The task's network alone, returning one logits tensor: what gets exported (no metrics, no
-    Trainer attached). torchvision segmentation models return ``{"out": ..., "aux": ...}``."""
+    Trainer attached). torchvision segmentation models return ``{"out": ..., "aux": ...}``. ``temperature``
+    (calibrate=temperature): the logits are divided by it, inside the exported graph too."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, temperature: float | None = None) -> None:
         super().__init__()
         self.net = net
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         output = self.net(images)
-        return output["out"] if isinstance(output, dict) else output
+        output = output["out"] if isinstance(output, dict) else output
+        return output / self.temperature if self.temperature is not None else output
 
 
 class TaskServing:
@@ -88,9 +94,9 @@ class TaskServing:
     min_check_images: ClassVar[int] = 1
 
     # --- running ------------------------------------------------------------------------------
-    def exported_form(self, net: nn.Module) -> nn.Module:
-        """The module a checkpoint's network runs and is exported as."""
-        return Logits(net)
+    def exported_form(self, net: nn.Module, temperature: float | None = None) -> nn.Module:
+        """The module a checkpoint's network runs and is exported as; ``temperature``: its calibration, if any."""
+        return Logits(net, temperature)
 
     def collate(self, images: list[torch.Tensor]) -> Any:
         """Preprocessed images -> what ``LoadedModel.run`` takes."""

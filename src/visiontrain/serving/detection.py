@@ -67,7 +67,7 @@ class DetectionServing(TaskServing):
     task = "detection"
     min_check_images = 2
 
-    def exported_form(self, net: nn.Module) -> nn.Module:
+    def exported_form(self, net: nn.Module, temperature: float | None = None) -> nn.Module:
         return Detections(net)
 
     def collate(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

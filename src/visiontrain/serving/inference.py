@@ -4,6 +4,7 @@ How it runs is its task's (``visiontrain.serving.base``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from visiontrain.serving.base import LoadedModel, serving_for
 def loaded(info: artifact.ArtifactInfo, run: Callable[[Any], Any], source: Path, module: Any = None) -> LoadedModel:
     ids = list(info.category_ids) if info.category_ids is not None else None
     splits = dict(info.splits) or None  # a checkpoint's: what its training run saw (exports carry none)
-    return LoadedModel(info.task, list(info.class_names), info.preprocessing, run, str(source), module, ids, splits)
+    return LoadedModel(
+        info.task, list(info.class_names), info.preprocessing, run, str(source), module, ids, splits, info.temperature
+    )
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") -> LoadedModel:
@@ -39,7 +42,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu", tta: str = "none") ->
     serving = serving_for(info.task)  # after the model: a kind defined outside visiontrain registers on its import
     task_module.set_tta(tta)  # a mode the task lacks ends here, before any image is read
     task_module.load_state_dict(checkpoint.content["state_dict"])
-    module = serving.exported_form(task_module.net).eval().to(device)
+    # calibrate=temperature: the temperature fitted with these weights, divided out of their logits
+    temperature = float(task_module.temperature) if getattr(task_module, "calibrating", False) else None
+    module = serving.exported_form(task_module.net, temperature).eval().to(device)
+    info = dataclasses.replace(info, temperature=temperature)
     return loaded(info, serving.checkpoint_runner(module, device, task_module.tta), path, module)
 
 

@@ -130,6 +130,14 @@ class SweepSummary(Callback):
         mode = mode or config.get("monitor_mode") or "max"
         path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
         log.info("sweep summary written to %s", path)
+        if list(Path(config.hydra.sweep.dir).glob("*/val_predictions.npz")):  # a k-fold sweep of a classifier
+            from visiontrain.errors import UserError
+            from visiontrain.sweeps import label_issues
+
+            try:
+                log.info(label_issues.write(Path(config.hydra.sweep.dir)))
+            except UserError as err:
+                log.warning("no label issues: %s", err)
 
 
 class PasswordsMasked(Callback):

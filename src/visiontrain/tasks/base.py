@@ -121,6 +121,10 @@ class VisionTask(LightningModule):
         **architecture: Any,
     ) -> None:
         super().__init__()
+        if "calibration" in architecture:
+            raise UserError(
+                f"calibrate=temperature calibrates classifiers' probabilities; this is a {self.task} model."
+            )
         for key, value in architecture.items():
             if not isinstance(value, (str, int, float, bool, type(None))):
                 raise UserError(

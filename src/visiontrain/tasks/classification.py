@@ -3,11 +3,15 @@ serving (``predictions.csv`` with the top-k classes of each image)."""
 
 from __future__ import annotations
 
+import csv
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
@@ -29,9 +33,11 @@ from visiontrain.tasks.base import (
     class_weight_tensor,
     plain_class_weights,
 )
+from visiontrain.tasks.calibration import fit_temperature
 from visiontrain.tasks.running import RunningAccuracy, RunningMean
 from visiontrain.tasks.tta import augmented
 
+log = logging.getLogger("visiontrain")
 CALIBRATION_BINS = 15
 
 
@@ -86,9 +92,11 @@ class ClassificationModule(VisionTask):
         compile: bool = False,
         channels_last: bool | str = False,
         test_images_logged: int = 32,
+        hardest_images_logged: int = 16,
         tta: str = "none",
         bias_lr_scale: float = 1.0,
         class_weights: Sequence[float] | str | None = None,
+        calibration: str = "none",
         **architecture: Any,
     ) -> None:
         super().__init__(
@@ -100,7 +108,15 @@ class ClassificationModule(VisionTask):
             raise UserError(
                 f"model.bias_lr_scale={bias_lr_scale}: give a positive factor (1 = the same learning rate)."
             )
+        if calibration not in ("none", "temperature"):
+            raise UserError(f"model.calibration={calibration}: give none or temperature (calibrate=temperature).")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        # calibrate=temperature: the logits' temperature, fitted after every validation (visiontrain.tasks.calibration)
+        # and saved with the weights; only then a buffer, so checkpoints without calibration keep their state dict
+        self.calibrating = calibration == "temperature"
+        if self.calibrating:
+            self.register_buffer("temperature", torch.ones(()))
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         # takes class indices and, under MixUp/CutMix, soft targets (then smoothed on top of the mixing); its class
         # weights are a buffer of the loss, so they move with the module's device and are saved in checkpoints
         self.criterion = nn.CrossEntropyLoss(
@@ -121,7 +137,10 @@ class ClassificationModule(VisionTask):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         # expected calibration error (15 equal-width bins of the top class's probability) and its diagram
         self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS)
+        # calibrate=temperature: the error the same logits had before scaling, beside it
+        self.test_calibration_before = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS)
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._hardest = HardestImages(hardest_images_logged)
 
     # --- set-up ---------------------------------------------------------------------------------
     def check_data(self, spec: DataSpec) -> None:
@@ -138,8 +157,13 @@ class ClassificationModule(VisionTask):
         """Networks whose initialisation depends on the data (e.g. airbench's whitening layer) offer
         ``init_from_batch(images)`` and ``data_initialised``: they get normalised, unaugmented training
         images from whatever datamodule the trainer has, once (not when resuming or loaded from weights)."""
-        init = getattr(self.net, "init_from_batch", None)
         datamodule = self.trainer.datamodule
+        if self.calibrating and datamodule is not None and not self.validates(datamodule):
+            raise UserError(
+                "calibrate=temperature fits the temperature on the validation split, and this run has none "
+                "(data.val_size=0 or trainer.limit_val_batches=0): give the data a validation split."
+            )
+        init = getattr(self.net, "init_from_batch", None)
         if init is None or datamodule is None or getattr(self.net, "data_initialised", False):
             return
         images = self.training_images(datamodule, int(getattr(self.net, "init_images", 5000)))
@@ -147,6 +171,11 @@ class ClassificationModule(VisionTask):
         if self.trainer.world_size > 1:  # every process drew its own images: take rank 0's result
             for tensor in self.net.state_dict().values():
                 tensor.copy_(self.trainer.strategy.broadcast(tensor, src=0))
+
+    def validates(self, datamodule) -> bool:
+        """Whether this fit runs a validation loop (a datamodule without a validation split gives an empty list)."""
+        loader = datamodule.val_dataloader()
+        return self.trainer.limit_val_batches != 0 and not (isinstance(loader, (list, tuple)) and not loader)
 
     @torch.no_grad()
     def training_images(self, datamodule, count: int) -> torch.Tensor:
@@ -211,8 +240,15 @@ class ClassificationModule(VisionTask):
         metrics.update(logits, labels)
         return logits
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_metrics)
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits whose softmax the model gives as probabilities (divided by the temperature when calibrated)."""
+        return logits / self.temperature if self.calibrating else logits
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits = self._evaluate(batch, self.val_loss, self.val_metrics)
+        if self.calibrating and not self.trainer.sanity_checking:
+            self._val_outputs.append((logits.detach().float(), batch[1]))
+        return logits  # for callbacks (out-of-fold predictions)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss, prog_bar=True)
@@ -222,14 +258,33 @@ class ClassificationModule(VisionTask):
             return
         self.val_acc_best.update(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+        if self.calibrating and self._val_outputs:
+            self.fit_temperature()
+
+    def fit_temperature(self) -> None:
+        """The temperature of this epoch's weights, from its validation logits (every process's, so that each
+        fits the same value); the checkpoint saved after this validation keeps it."""
+        logits, labels = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:  # the distributed sampler gives every process as many images
+            logits, labels = self.all_gather(logits).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
+        self.temperature.fill_(fit_temperature(logits, labels))
+        self.log("val/temperature", self.temperature, sync_dist=False)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        logits = self._evaluate(batch, self.test_loss, self.test_metrics)
+        images, labels = batch
+        raw = self.evaluation_logits(images)
+        logits = self.calibrated(raw)  # what the model gives as probabilities; the same top class
+        self.test_loss.update(self.criterion(logits, labels), weight=len(labels))
+        self.test_metrics.update(logits, labels)
         preds = logits.argmax(dim=1)
-        labels = batch[1]
         self.test_class_acc.update(preds, labels)
         self.test_confusion.update(preds, labels)
         self.test_calibration.update(logits.float(), labels)
+        if self.calibrating:
+            self.test_calibration_before.update(raw.float(), labels)
+        # each image's own cross-entropy (no smoothing, no class weights): how wrong the model is about it
+        self._hardest.offer(images, preds, labels, F.cross_entropy(logits.float(), labels, reduction="none"))
         kept = sum(len(s[0]) for s in self._test_samples)
         if kept < self.hparams.test_images_logged:
             n = self.hparams.test_images_logged - kept
@@ -255,10 +310,16 @@ class ClassificationModule(VisionTask):
         )
         ece = self.test_calibration.compute()
         self.log("test/ece", ece, sync_dist=True)
+        scaled = ""
+        if self.calibrating:
+            before = self.test_calibration_before.compute()
+            self.log("test/ece_uncalibrated", before, sync_dist=True)
+            scaled = f"; temperature {float(self.temperature):.3f}, {float(before):.3f} before"
+            self.test_calibration_before.reset()
         # the metric's own states: each image's top-class probability and whether that class was right
         confidences, correct = (dim_zero_cat(state) for state in (self.test_calibration.confidences,
                                                                    self.test_calibration.accuracies))  # fmt: skip
-        title = f"reliability, {split} (expected calibration error {float(ece):.3f})"
+        title = f"reliability, {split} (expected calibration error {float(ece):.3f}{scaled})"
         publish_figure(
             self.trainer,
             "reliability_diagram",
@@ -270,6 +331,71 @@ class ClassificationModule(VisionTask):
             grid = prediction_grid_figure(images, preds, labels, self.class_names)
             publish_figure(self.trainer, "test_predictions", grid, tag="test/predictions")
         self._test_samples.clear()
+        if self._hardest.losses is not None:
+            images, preds, labels, losses = self._hardest.taken()
+            title = f"the {len(images)} test images of highest loss (predicted / true, loss), {split}"
+            grid = prediction_grid_figure(images, preds, labels, self.class_names, [f"loss {v:.2f}" for v in losses],
+                                          title)  # fmt: skip
+            publish_figure(self.trainer, "hardest_examples", grid, tag="test/hardest_examples")
+        if self.trainer.is_global_zero:
+            pairs = confused_pairs(confusion, self.class_names)
+            write_confused_pairs(pairs, Path(self.trainer.default_root_dir) / "confused_pairs.csv")
+            if pairs:
+                log.info("most confused classes, %s (true -> predicted: images, share of the true class): %s", split,
+                         "; ".join(f"{t} -> {p}: {n} ({share:.1%})" for t, p, n, share in pairs))  # fmt: skip
         self.test_class_acc.reset()
         self.test_confusion.reset()
         self.test_calibration.reset()
+
+
+class HardestImages:
+    """The ``count`` test images of highest loss seen so far, kept on the CPU (only those leave the device)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.images = self.preds = self.labels = self.losses = None
+
+    def offer(self, images: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor) -> None:
+        if self.count <= 0:
+            return
+        top = losses.topk(min(self.count, len(losses))).indices
+        parts = [t[top].detach().float().cpu() if t is images else t[top].detach().cpu()
+                 for t in (images, preds, labels, losses)]  # fmt: skip
+        if self.losses is not None:
+            parts = [torch.cat([kept, new]) for kept, new in zip((self.images, self.preds, self.labels, self.losses),
+                                                                 parts)]  # fmt: skip
+        keep = parts[3].topk(min(self.count, len(parts[3]))).indices
+        self.images, self.preds, self.labels, self.losses = (t[keep] for t in parts)
+
+    def taken(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+        """The images, predictions, labels and losses, highest loss first; the store is emptied."""
+        order = self.losses.argsort(descending=True)
+        out = (self.images[order], self.preds[order], self.labels[order], self.losses[order].tolist())
+        self.images = self.preds = self.labels = self.losses = None
+        return out
+
+
+def confused_pairs(
+    confusion: torch.Tensor, class_names: Sequence[str], count: int = 5
+) -> list[tuple[str, str, int, float]]:
+    """The ``count`` most frequent mistakes of a confusion matrix (rows: true class): ``(true, predicted, images,
+    share of the true class's images)``, most frequent first; only pairs that occurred."""
+    confusion = confusion.detach().cpu().long()
+    mistakes = confusion.clone()
+    mistakes.fill_diagonal_(0)
+    totals = confusion.sum(dim=1)
+    values, flat = mistakes.flatten().topk(min(count, mistakes.numel()))
+    n = confusion.shape[1]
+    return [
+        (class_names[int(i) // n], class_names[int(i) % n], int(v), int(v) / max(int(totals[int(i) // n]), 1))
+        for v, i in zip(values, flat)
+        if v > 0
+    ]
+
+
+def write_confused_pairs(pairs: Sequence[tuple[str, str, int, float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true", "predicted", "images", "share_of_true"])
+        writer.writerows((t, p, n, f"{share:.4f}") for t, p, n, share in pairs)
