@@ -100,12 +100,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = records.scalar_metrics(trainer.callback_metrics)
     console.log_test_metrics(metrics, str(cfg.ckpt_path))
+    records.record_results(cfg, trainer, metrics, trainer.loggers)
     method = OmegaConf.select(cfg, "explain.method")
     if method and model.task == "classification":  # what the model looked at, on right and wrong test images
         from visiontrain.serving import explain
 
-        explain.write_test_grid(trainer, model, datamodule, method, OmegaConf.select(cfg, "explain.layer"))
-    records.record_results(cfg, trainer, metrics, trainer.loggers)
+        explain.check_method(method)
+        try:
+            explain.write_test_grid(trainer, model, datamodule, method, OmegaConf.select(cfg, "explain.layer"))
+        except UserError:
+            raise
+        except Exception as err:  # a drawing is an extra: the test's figures are written already
+            log.warning("plots/explanations.png not drawn (%s: %s)", type(err).__name__, err)
     return metrics
 
 
