@@ -37,6 +37,7 @@ def test_ddp_run_writes_one_directory_and_synchronised_metrics(tmp_path, dataset
         "checkpoints",
         "tensorboard",
         "config.yaml",
+        "confused_pairs.csv",
         "metrics.json",
         "plots",
         "splits.json",

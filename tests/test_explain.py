@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from visiontrain.errors import UserError
+from visiontrain.models.airbench import AirbenchNet
 from visiontrain.models.simple_cnn import SimpleCNN
 from visiontrain.serving.explain import class_maps, target_layer
 from visiontrain.serving.inference import load_checkpoint
@@ -23,6 +24,7 @@ from visiontrain.serving.inference import load_checkpoint
     [
         (lambda: torchvision.models.resnet18(num_classes=10), 64, "layer4"),
         (lambda: timm.create_model("resnet18", num_classes=10, pretrained=False), 64, "layer4"),
+        (lambda: AirbenchNet(widths=[16, 32, 32]), 32, "layers"),
         (lambda: SimpleCNN(in_channels=3, num_classes=10, image_size=32), 32, None),
     ],
 )
@@ -37,7 +39,7 @@ def test_the_explained_layer_is_the_last_spatial_feature_map(net, size, expected
     net.eval()(torch.rand(1, 3, size, size))
     hook.remove()
     assert len(seen[0]) == 4 and min(seen[0][-2:]) > 1
-    assert target_layer(net, torch.rand(1, 3, size, size), "layer4" if expected else name)[0] in (name, "layer4")
+    assert target_layer(net, torch.rand(1, 3, size, size), name) == (name, module)  # named: the same layer
     with pytest.raises(UserError, match=r"^explain.layer=nothing: the network has no such module"):
         target_layer(net, torch.rand(1, 3, size, size), "nothing")
 

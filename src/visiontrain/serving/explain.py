@@ -4,7 +4,7 @@ explain=gradcam`` (a grid of right and wrong test images in plots/).
 
 The map is taken at one layer of the network: found without the user naming it as the last module, in the order
 the forward pass finishes them, whose output is still a feature map (N, C, H, W with H, W > 1) — ResNet's
-``layer4``, a timm model's last stage, airbench's last block, simple_cnn's last pooled features — or named with
+``layer4``, a timm model's last stage, airbench's ``layers``, simple_cnn's last pooled features — or named with
 ``explain.layer=<dotted name>`` (``layer4.1``).
 """
 

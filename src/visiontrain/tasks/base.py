@@ -249,8 +249,9 @@ class VisionTask(LightningModule):
                 f"needs {needed}; resume with the original trainer.max_epochs, or start a new run from these weights."
             )
         # what the model costs beside what it scores (an objective of a study of several: accuracy against size),
-        # in metrics.json and every logger
-        self.log("model/parameters", float(sum(p.numel() for p in self.parameters())), on_epoch=True, sync_dist=False)
+        # in metrics.json and every logger; once per run (a resumed run logged it before its interruption)
+        if self.trainer.global_step == 0:
+            self.log("model/parameters", float(sum(p.numel() for p in self.parameters())), on_epoch=True)
 
     # --- optimisation ---------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]] | list[nn.Parameter]:
