@@ -12,7 +12,7 @@ QUICK = not slow and not process and not real_data
 check:  ## is this environment ready? versions, CPU/GPU features, torchvision's operators, what DATA_DIR holds
 	$(PYTHON) -m visiontrain.cli.main check
 
-test:  ## the quick tier: every module's behaviour, in-process (~3 min on 2 CPU cores)
+test:  ## the quick tier: every module's behaviour, in-process (~4 min on 2 CPU cores)
 	$(PYTHON) -m pytest -n 2 -m "$(QUICK)" --durations=15
 
 test-all:  ## everything: the quick tier, long runs, real data (DATA_DIR), real processes and servers (CI runs this)
