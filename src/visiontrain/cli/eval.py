@@ -105,7 +105,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if method and model.task == "classification":  # what the model looked at, on right and wrong test images
         from visiontrain.serving import explain
 
-        explain.check_method(method)
         try:
             explain.write_test_grid(trainer, model, datamodule, method, OmegaConf.select(cfg, "explain.layer"))
         except UserError:

@@ -113,7 +113,7 @@ def fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | N
     metrics: dict[str, float] = {}
     spec = datamodule.spec
     # what the model costs beside what it scores: an objective for a study of several (accuracy against size)
-    metrics["model/parameters"] = float(sum(p.numel() for p in model.parameters()))
+    metrics["model/parameters"] = model.parameter_count()  # also when fit logs nothing (train=false, a resumed run)
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # a run resumed after its last epoch logs nothing new: its record comes from the checkpoint it resumed

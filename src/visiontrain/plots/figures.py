@@ -133,6 +133,13 @@ def pr_curves_figure(
     return fig
 
 
+def scaled_for_display(image: torch.Tensor) -> torch.Tensor:
+    """An image tensor (C, H, W, any range: a network input is normalised) min-max scaled to [0, 1] to be drawn."""
+    image = image.detach().float().cpu()
+    lo, hi = image.min(), image.max()
+    return (image - lo) / (hi - lo).clamp(min=1e-6)
+
+
 def prediction_grid_figure(
     images: torch.Tensor,
     preds: torch.Tensor,
@@ -141,18 +148,29 @@ def prediction_grid_figure(
     notes: Sequence[str] | None = None,
     title: str | None = None,
 ) -> plt.Figure:
-    """Images titled ``predicted / true``: green when right, red when wrong (each image min-max scaled);
-    ``notes``: a second line under each (e.g. its loss)."""
-    n = len(images)
+    """Images (each min-max scaled) titled ``predicted / true``, see ``labelled_grid_figure``."""
+    pictures = [scaled_for_display(image).permute(1, 2, 0).squeeze(-1).numpy() for image in images]
+    return labelled_grid_figure(pictures, preds, labels, class_names, notes, title)
+
+
+def labelled_grid_figure(
+    pictures: Sequence[Any],
+    preds: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    notes: Sequence[str] | None = None,
+    title: str | None = None,
+) -> plt.Figure:
+    """Pictures (H x W grey or H x W x 3 arrays), eight a row, titled ``predicted / true``: green when right, red
+    when wrong; ``notes``: a second line under each (e.g. its loss)."""
+    n = len(pictures)
     cols = min(8, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + (0.4 if title else 0)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i, (ax, image, pred, label) in enumerate(zip(axes.flat, images, preds, labels)):
-        lo, hi = image.min(), image.max()
-        shown = ((image - lo) / (hi - lo).clamp(min=1e-6)).permute(1, 2, 0).squeeze(-1).numpy()
-        ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+    for i, (ax, picture, pred, label) in enumerate(zip(axes.flat, pictures, preds, labels)):
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
         right = bool(pred == label)
         text = f"{class_names[pred]} / {class_names[label]}" + (f"\n{notes[i]}" if notes else "")
         ax.set_title(text, fontsize=7, color="green" if right else "red")
@@ -187,25 +205,5 @@ def reliability_figure(confidences: torch.Tensor, correct: torch.Tensor, n_bins:
     bottom.set_xlabel("confidence (probability of the predicted class)")
     bottom.set_ylabel("share")
     bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    return fig
-
-
-def explanation_grid_figure(
-    overlays: Sequence[Any], preds: torch.Tensor, labels: torch.Tensor, class_names: list[str], title: str
-) -> plt.Figure:
-    """Class activation maps drawn over their images (uint8 RGB arrays), titled ``predicted / true``: green when
-    right, red when wrong."""
-    n = len(overlays)
-    cols = min(8, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, picture, pred, label in zip(axes.flat, overlays, preds, labels):
-        ax.imshow(picture)
-        right = bool(pred == label)
-        ax.set_title(f"{class_names[pred]} / {class_names[label]}", fontsize=7, color="green" if right else "red")
-    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

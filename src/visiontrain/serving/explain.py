@@ -69,12 +69,16 @@ def class_maps(
     net: nn.Module, images: torch.Tensor, classes: Sequence[int], method: str = "gradcam", layer: str | None = None
 ) -> np.ndarray:
     """One map per image (N, H, W, the images' own size, each scaled to [0, 1]) of where ``net`` found evidence
-    for ``classes[i]`` in image i."""
+    for ``classes[i]`` in image i, at ``layer`` (found from the network when None)."""
+    check_method(method)
+    return maps_at(net, target_layer(net, images[:1], layer)[1], images, classes, method)
+
+
+def maps_at(net: nn.Module, module: nn.Module, images: torch.Tensor, classes: Sequence[int], method: str) -> np.ndarray:
+    """``class_maps`` at a layer already found (``target_layer``): callers with many batches find it once."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    check_method(method)
-    _, module = target_layer(net, images[:1], layer)
     # Lightning evaluates under inference mode, whose tensors autograd refuses: the maps need gradients
     with torch.inference_mode(False), torch.enable_grad():
         images = images.clone()
@@ -83,21 +87,15 @@ def class_maps(
     return np.nan_to_num(maps.astype(np.float32))
 
 
-def shown(image: torch.Tensor) -> np.ndarray:
-    """A network input (C, H, W, normalised) as an RGB float image in [0, 1] to draw on (min-max scaled)."""
-    image = image.detach().float().cpu()
-    lo, hi = image.min(), image.max()
-    image = (image - lo) / (hi - lo).clamp(min=1e-6)
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    return image[:3].permute(1, 2, 0).numpy()
-
-
 def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
-    """``cam`` drawn over the input image: uint8 RGB (H, W, 3)."""
+    """``cam`` drawn over a network input (C, H, W, normalised; min-max scaled to be seen): uint8 RGB (H, W, 3)."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    return show_cam_on_image(shown(image), cam, use_rgb=True)
+    from visiontrain.plots.figures import scaled_for_display
+
+    shown = scaled_for_display(image)
+    shown = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown[:3]
+    return show_cam_on_image(shown.permute(1, 2, 0).numpy(), cam, use_rgb=True)
 
 
 @torch.no_grad()
@@ -124,15 +122,16 @@ def test_examples(model: nn.Module, datamodule, count: int) -> tuple[torch.Tenso
 
 def write_test_grid(trainer, model: nn.Module, datamodule, method: str, layer: str | None, count: int = 16) -> None:
     """eval.py: ``plots/explanations.png``, the maps of the predicted class over right and wrong test images."""
-    from visiontrain.plots.figures import explanation_grid_figure, publish_figure
+    from visiontrain.plots.figures import labelled_grid_figure, publish_figure
 
+    check_method(method)
     images, preds, labels = test_examples(model, datamodule, count)
-    name, _ = target_layer(model.net, images[:1], layer)
-    maps = class_maps(model.net, images, preds.tolist(), method, layer)
+    name, module = target_layer(model.net, images[:1], layer)
+    maps = maps_at(model.net, module, images, preds.tolist(), method)
     overlays = [overlay(image, cam) for image, cam in zip(images, maps)]
     wrong = int((preds != labels).sum())
     title = f"{method} at {name}: {wrong} wrong, {len(images) - wrong} right test images (predicted / true)"
-    figure = explanation_grid_figure(overlays, preds.cpu(), labels.cpu(), model.class_names, title)
+    figure = labelled_grid_figure(overlays, preds.cpu(), labels.cpu(), model.class_names, title=title)
     publish_figure(trainer, "explanations", figure, tag="test/explanations")
 
 
@@ -151,6 +150,7 @@ class ExplanationWriter:
             raise UserError(f"explain={method} explains classifiers; {model.source} is a {model.task} model.")
         check_method(method)
         self.net, self.method, self.layer = model.module, method, layer
+        self.module: nn.Module | None = None  # the layer, found with the first batch and kept for the others
         self.folder = Path(output) / "explanations"  # made with the first image: a refused command leaves none
 
     def add(self, paths, batch: torch.Tensor, outputs: torch.Tensor) -> None:
@@ -158,6 +158,8 @@ class ExplanationWriter:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         batch = batch.to(next(self.net.parameters()).device)
-        maps = class_maps(self.net, batch, outputs.argmax(dim=1).tolist(), self.method, self.layer)
+        if self.module is None:
+            self.module = target_layer(self.net, batch[:1], self.layer)[1]
+        maps = maps_at(self.net, self.module, batch, outputs.argmax(dim=1).tolist(), self.method)
         for path, image, cam in zip(paths, batch, maps):
             Image.fromarray(overlay(image, cam)).save(self.folder / f"{path.stem}.png")

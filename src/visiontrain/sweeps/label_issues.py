@@ -25,7 +25,7 @@ from visiontrain.errors import UserError
 
 log = logging.getLogger("visiontrain")
 CSV_NAME, GRID_NAME = "label_issues.csv", "label_issues.png"
-PREDICTIONS = "val_predictions.npz"
+PREDICTIONS = "val_predictions.npz"  # what each fold writes (visiontrain.callbacks.out_of_fold.FILE_NAME)
 SHOWN = 24  # suspects drawn in the grid
 
 
@@ -102,8 +102,9 @@ def images_of(job_dir: Path, ids: list[str]):
     datamodule.setup("fit")
     by_name: dict[str, torch.Tensor] = {}
     wanted = set(ids)
+    contents = datamodule.split_contents()
     for split in ("train", "val"):
-        content = datamodule.split_contents().get(split)
+        content = contents.get(split)
         if content is None or content.images is None:
             continue
         for name, image in zip(content.names, content.images):

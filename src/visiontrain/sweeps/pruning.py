@@ -7,7 +7,7 @@ import logging
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from visiontrain.sweeps.storage import PRUNED_AT, open_storage, storage_address
+from visiontrain.sweeps.storage import DEFAULT_STUDY_NAME, PRUNED_AT, open_storage, storage_address
 
 log = logging.getLogger("visiontrain")
 
@@ -47,7 +47,8 @@ class OptunaPruning(Callback):
         storage = open_storage(storage_address(hydra.sweeper.get("storage"), hydra.sweep.dir, hydra.runtime.cwd))
         # the pruner is not stored with the study: build the sweep's own from its config
         pruner = instantiate(hydra.sweeper.pruner) if hydra.sweeper.get("pruner") else None
-        study = optuna.load_study(study_name=hydra.sweeper.study_name or "sweep", storage=storage, pruner=pruner)
+        name = hydra.sweeper.study_name or DEFAULT_STUDY_NAME
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
         if len(study.directions) > 1:
             log.info("Optuna prunes studies of one objective only: this trial of %d objectives runs to its end",
                      len(study.directions))  # fmt: skip

@@ -27,6 +27,8 @@ from optuna.storages.journal import JournalFileBackend
 JOURNAL = "journal:"
 # the trial attribute a job's pruning callback sets (the epoch it stopped at), which the sweeper reads back
 PRUNED_AT = "pruned_at_epoch"
+# the study's name when hydra.sweeper.study_name is null
+DEFAULT_STUDY_NAME = "sweep"
 
 
 class StorageUnavailable(Exception):

@@ -14,8 +14,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from visiontrain.errors import UserError
 from visiontrain.runs import config as run_config
 from visiontrain.sweeps import groups as run_groups
+from visiontrain.sweeps import label_issues
 from visiontrain.sweeps import storage as study_storage
 
 log = logging.getLogger("visiontrain")
@@ -130,10 +132,7 @@ class SweepSummary(Callback):
         mode = mode or config.get("monitor_mode") or "max"
         path = write_summary(Path(config.hydra.sweep.dir), metric, mode)
         log.info("sweep summary written to %s", path)
-        if list(Path(config.hydra.sweep.dir).glob("*/val_predictions.npz")):  # a k-fold sweep of a classifier
-            from visiontrain.errors import UserError
-            from visiontrain.sweeps import label_issues
-
+        if list(Path(config.hydra.sweep.dir).glob(f"*/{label_issues.PREDICTIONS}")):  # a k-fold sweep of a classifier
             try:
                 log.info(label_issues.write(Path(config.hydra.sweep.dir)))
             except UserError as err:

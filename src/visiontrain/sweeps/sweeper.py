@@ -62,10 +62,12 @@ from visiontrain.sweeps.report import (
     OVERRIDES,
     SEARCH_PATH,
     command_line,
+    objective_names,
     trial_overrides,
     write_study_report,
 )
 from visiontrain.sweeps.storage import (
+    DEFAULT_STUDY_NAME,
     PRUNED_AT,
     StorageUnavailable,
     has_heartbeat,
@@ -195,7 +197,7 @@ class StudySweeper(Sweeper):
         self.settings = {"search_space": search_space, "custom_search_space": custom_search_space,
                          "max_failure_rate": max_failure_rate, "direction": direction, "n_trials": n_trials,
                          "n_jobs": n_jobs}  # fmt: skip
-        self.study_name = study_name or "sweep"
+        self.study_name = study_name or DEFAULT_STUDY_NAME
         self.storage = storage
         self.heartbeat = {
             "heartbeat_interval": heartbeat_interval,
@@ -326,7 +328,7 @@ class StudySweeper(Sweeper):
             )
             self.hydra_context.callbacks.on_multirun_end(config=self.config)
             raise
-        self._finish(study, metrics, fixed)
+        self._finish(study, fixed)
 
     def _run_trials(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
         storage = self.study_storage
@@ -370,11 +372,11 @@ class StudySweeper(Sweeper):
                 f"{self.max_failure_rate}; their job folders' logs say why (summary.csv lists them)."
             )
 
-    def _finish(self, study: optuna.Study, metrics: list[str], fixed: list[str]) -> None:
+    def _finish(self, study: optuna.Study, fixed: list[str]) -> None:
         """The best trial (or, for several objectives, the Pareto front) logged and written to
         optimization_results.yaml under the published plugin's keys; then the report."""
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            names = metrics or [f"value {n}" for n in range(len(self.directions))]
+            names = objective_names(study)
             if len(self.directions) == 1:
                 best = study.best_trial
                 log.info("best trial #%d: %s = %s (%s), %s", best.number, names[0], best.value, self.direction,

@@ -251,7 +251,12 @@ class VisionTask(LightningModule):
         # what the model costs beside what it scores (an objective of a study of several: accuracy against size),
         # in metrics.json and every logger; once per run (a resumed run logged it before its interruption)
         if self.trainer.global_step == 0:
-            self.log("model/parameters", float(sum(p.numel() for p in self.parameters())), on_epoch=True)
+            self.log("model/parameters", self.parameter_count(), on_epoch=True)
+
+    def parameter_count(self) -> float:
+        """How many numbers the model holds (``model/parameters``, what a study of several objectives may weigh
+        against the score)."""
+        return float(sum(p.numel() for p in self.parameters()))
 
     # --- optimisation ---------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]] | list[nn.Parameter]:

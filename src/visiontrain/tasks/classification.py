@@ -138,7 +138,9 @@ class ClassificationModule(VisionTask):
         # expected calibration error (15 equal-width bins of the top class's probability) and its diagram
         self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS)
         # calibrate=temperature: the error the same logits had before scaling, beside it
-        self.test_calibration_before = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS)
+        self.test_calibration_before = (
+            MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS) if self.calibrating else None
+        )
         self._test_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._hardest = HardestImages(hardest_images_logged)
 
@@ -233,19 +235,19 @@ class ClassificationModule(VisionTask):
         self.log("train/loss", self.train_loss, sync_dist=True)
         self.log_dict(self.train_metrics)
 
-    def _evaluate(self, batch, loss_metric: MeanMetric, metrics: MetricCollection) -> torch.Tensor:
-        images, labels = batch
-        logits = self.evaluation_logits(images)
+    def _score(
+        self, logits: torch.Tensor, labels: torch.Tensor, loss_metric: MeanMetric, metrics: MetricCollection
+    ) -> None:
         loss_metric.update(self.criterion(logits, labels), weight=len(labels))
         metrics.update(logits, labels)
-        return logits
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits whose softmax the model gives as probabilities (divided by the temperature when calibrated)."""
         return logits / self.temperature if self.calibrating else logits
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        logits = self._evaluate(batch, self.val_loss, self.val_metrics)
+        logits = self.evaluation_logits(batch[0])
+        self._score(logits, batch[1], self.val_loss, self.val_metrics)
         if self.calibrating and not self.trainer.sanity_checking:
             self._val_outputs.append((logits.detach().float(), batch[1]))
         return logits  # for callbacks (out-of-fold predictions)
@@ -275,8 +277,7 @@ class ClassificationModule(VisionTask):
         images, labels = batch
         raw = self.evaluation_logits(images)
         logits = self.calibrated(raw)  # what the model gives as probabilities; the same top class
-        self.test_loss.update(self.criterion(logits, labels), weight=len(labels))
-        self.test_metrics.update(logits, labels)
+        self._score(logits, labels, self.test_loss, self.test_metrics)
         preds = logits.argmax(dim=1)
         self.test_class_acc.update(preds, labels)
         self.test_confusion.update(preds, labels)
