@@ -46,7 +46,7 @@ def test_the_explained_layer_is_the_last_spatial_feature_map(net, size, expected
 
 def test_maps_have_the_inputs_size_are_finite_and_differ_between_classes(trained_classifier):
     model = load_checkpoint(trained_classifier / "checkpoints" / "last.ckpt")
-    images = torch.randn(4, 1, 28, 28)
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # class gap 0.05-0.06 over 3 seeds
     for method in ("gradcam", "gradcam_plusplus", "eigencam"):
         maps = class_maps(model.module, images, [3] * 4, method)
         assert maps.shape == (4, 28, 28) and np.isfinite(maps).all()

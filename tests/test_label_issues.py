@@ -17,15 +17,16 @@ from visiontrain.cli.main import main as visiontrain
 from visiontrain.errors import UserError
 from visiontrain.sweeps import label_issues
 
-FLIPPED = [3, 50, 101, 222, 333, 404, 512, 599]  # of the 600 training images
+POOL = 1200  # training images: with 600 the 3-epoch folds found 4 to 8 of the flips over seeds, with 1200 all 8
+FLIPPED = [3, 50, 101, 222, 333, 404, 512, 599]
 
 
 @pytest.fixture(scope="module")
 def kfold_sweep(tmp_path_factory) -> Path:
     """A 3-fold sweep of simple_cnn on the synthetic digits, 8 of whose training labels are another class."""
     root = tmp_path_factory.mktemp("kfold")
-    formats.write_mnist(root / "data")
-    images, labels = formats.class_images(600, 28, 1, seed=1)  # the training split write_mnist wrote
+    formats.write_mnist(root / "data", n_train=POOL)
+    images, labels = formats.class_images(POOL, 28, 1, seed=1)  # the training split write_mnist wrote
     labels = labels.copy()
     labels[FLIPPED] = (labels[FLIPPED] + 3) % 10
     formats.write_idx(root / "data" / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels, True)
@@ -41,14 +42,14 @@ def kfold_sweep(tmp_path_factory) -> Path:
 def test_each_fold_writes_its_validation_folds_probabilities_and_together_they_cover_the_pool(kfold_sweep):
     parts = [np.load(kfold_sweep / str(job) / "val_predictions.npz") for job in range(3)]
     ids = [i for p in parts for i in p["ids"]]
-    assert sorted(ids) == sorted(f"train#{i}" for i in range(600)) and len(set(ids)) == 600  # each image once
+    assert sorted(ids) == sorted(f"train#{i}" for i in range(POOL)) and len(set(ids)) == POOL  # each image once
     for fold, p in enumerate(parts):
         assert int(p["fold"]) == fold and int(p["folds"]) == 3
         assert np.allclose(p["probabilities"].sum(axis=1), 1, atol=1e-5) and p["probabilities"].shape[1] == 10
         assert len(p["labels"]) == len(p["ids"])
     given = {i: int(label) for p in parts for i, label in zip(p["ids"], p["labels"])}
     assert [given[f"train#{i}"] for i in FLIPPED] == [
-        (int(v) + 3) % 10 for v in formats.class_images(600, 28, 1, seed=1)[1][FLIPPED]
+        (int(v) + 3) % 10 for v in formats.class_images(POOL, 28, 1, seed=1)[1][FLIPPED]
     ]  # the labels as given, flipped ones included
 
 
