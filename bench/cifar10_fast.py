@@ -69,6 +69,19 @@ class EpochProbe(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         probe_start = time.perf_counter()
         elapsed = probe_start - EpochProbe.start
+        accuracy = self.test_accuracy(trainer, pl_module)
+        EpochProbe.records.append((trainer.current_epoch + 1, elapsed, accuracy))
+        line = f"  epoch {trainer.current_epoch + 1}: {elapsed:.0f} s, test acc {accuracy:.4f} (tta {pl_module.tta})"
+        if pl_module.tta == "flip_translate":  # the same weights under the cheaper TTA, for the on/off comparison
+            tta = pl_module.tta
+            pl_module.tta = "flip"
+            line += f", {self.test_accuracy(trainer, pl_module):.4f} (tta flip)"
+            pl_module.tta = tta
+        print(line, flush=True)
+        EpochProbe.start += time.perf_counter() - probe_start  # the probe is not part of the run's time
+
+    @staticmethod
+    def test_accuracy(trainer, pl_module) -> float:
         dm = trainer.datamodule
         was_training = pl_module.training
         pl_module.eval()
@@ -79,12 +92,7 @@ class EpochProbe(Callback):
                 images = dm.augment(images.to(pl_module.device), train=False)
                 correct += int((pl_module.evaluation_logits(images).argmax(1).cpu() == labels).sum())
         pl_module.train(was_training)
-        EpochProbe.records.append((trainer.current_epoch + 1, elapsed, correct / len(dm.test_set)))
-        print(
-            f"  epoch {trainer.current_epoch + 1}: {elapsed:.0f} s, test acc {correct / len(dm.test_set):.4f}",
-            flush=True,
-        )
-        EpochProbe.start += time.perf_counter() - probe_start  # the probe is not part of the run's time
+        return correct / len(dm.test_set)
 
 
 def framework_arm(args, seed: int) -> tuple[list[tuple[int, float, float]], float, float]:

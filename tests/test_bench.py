@@ -311,3 +311,26 @@ def test_throughput_cli_still_runs(tmp_path, bench_data):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio visiontrain/plain (median)" in result.stdout and "2 x 3" in result.stdout
+
+
+def test_cifar10_runs_of_both_benches_plot_and_tabulate_together(tmp_path, capsys, monkeypatch):
+    import json
+
+    import plot_cifar10
+
+    ours = {"runs": [{"arm": "framework", "seed": s, "epochs": [[1, 30.0, 0.6], [2, 60.0, 0.9]], "total_s": 61.0,
+                      "final_acc": 0.9 + s / 100} for s in (1, 2)]}  # fmt: skip
+    peer = {"runs": [{"seed": 1, "epochs": [[32.0, 0.55], [64.0, 0.88]], "accuracy": {"0": 0.88, "1": 0.89, "2": 0.895},
+                      "wall_s": 66.0}]}  # fmt: skip
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    (tmp_path / "peer.json").write_text(json.dumps(peer))
+    plot = tmp_path / "curves.png"
+    argv = ["plot_cifar10.py", str(tmp_path / "ours.json"), str(tmp_path / "peer.json"), "--label", "peer=airbench93",
+            "--plot", str(plot)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    plot_cifar10.main()
+    out = capsys.readouterr().out
+    assert "| framework | 2 | 60.0% @ 30 s, 90.0% @ 60 s | **92.0%** | 61 s |" in out
+    assert "| airbench93 | 1 | 55.0% @ 32 s, 88.0% @ 64 s | **89.5%** | 66 s |" in out  # the final is TTA level 2
+    assert "framework: mean 91.50% (91.0%-92.0%) over 2 seeds, mean wall 61 s (61-61)" in out
+    assert plot.stat().st_size > 10_000

@@ -201,6 +201,47 @@ def test_hparams_search_configs_compose_into_search_spaces():
         assert "data.batch_size" not in space and fixed == ["data.batch_size=64"]
         assert space["seed"] == CategoricalDistribution([1, 2])
 
+    # the budget search: lists are choices too (held as their Hydra text), and its trials have a time budget
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=cifar10_budget"], return_hydra_config=True)
+    assert cfg.callbacks.optuna_pruning.time_budget == 120 and cfg.trainer.precision == "bf16-mixed"
+    space, _ = search_space(dict(cfg.hydra.sweeper.params), [])
+    widths = space["model.net.widths"]
+    assert widths.choices == ("[32,64,64]", "[48,96,96]", "[64,128,128]", "[96,192,192]")
+    assert space["trainer.max_epochs"].low == 2 and space["trainer.max_epochs"].high == 6
+    (override,) = trial_overrides({"model.net.widths": widths.choices[2]})
+    assert override == "model.net.widths=[64,128,128]"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        trial = compose("train", overrides=["experiment=cifar10_92", override])
+    assert list(trial.model.net.widths) == [64, 128, 128]
+    GlobalHydra.instance().clear()
+
+
+def test_a_trial_projected_over_its_time_budget_is_pruned():
+    import time
+    from types import SimpleNamespace
+
+    from visiontrain.sweeps.pruning import OptunaPruning
+    from visiontrain.sweeps.storage import PRUNED_AT
+
+    def validated(budget: float | None, epoch: int, seconds: float):
+        study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+        callback = OptunaPruning("val/acc", time_budget=budget)
+        callback._trial, callback._looked_up = study.ask(), True
+        callback._fit_start = time.perf_counter() - seconds
+        trainer = SimpleNamespace(
+            sanity_checking=False, is_global_zero=True, callback_metrics={"val/acc": torch.tensor(0.5)},
+            current_epoch=epoch, max_epochs=10, should_stop=False, strategy=SimpleNamespace(broadcast=lambda t: t),
+        )  # fmt: skip
+        callback.on_validation_end(trainer, None)
+        return trainer.should_stop, callback._trial.user_attrs.get(PRUNED_AT)
+
+    # 2 epochs in 10 s: 50 s projected for 10
+    assert validated(None, 1, 10.0) == (False, None)
+    assert validated(60.0, 1, 10.0) == (False, None)
+    assert validated(40.0, 1, 10.0) == (True, 1)
+
 
 def study_with(values: list[float | None]) -> optuna.Study:
     """An in-memory study of trials over two parameters, as the sweeper records them (None: a failed trial)."""

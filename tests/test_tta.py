@@ -47,6 +47,31 @@ def test_classification_flip_is_the_mean_logits_of_image_and_mirror():
     assert torch.allclose(run(images), expected, atol=1e-6)
 
 
+def test_classification_flip_translate_is_airbenchs_six_views():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5)).eval()
+    images = torch.randn(2, 3, 8, 8)
+
+    def shifted(x: torch.Tensor, step: int) -> torch.Tensor:
+        # view[i] = x[i - step] (step 1: content moves down-right), the row or column that falls outside reflected
+        for dim in (-2, -1):
+            if step == 1:
+                x = torch.cat([x.narrow(dim, 1, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim)
+            else:
+                x = torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), x.narrow(dim, x.shape[dim] - 2, 1)], dim)
+        return x
+
+    def flip(x):
+        return (net(x) + net(x.flip(-1))) / 2
+
+    expected = flip(images) / 2 + (flip(shifted(images, 1)) + flip(shifted(images, -1))) / 4
+    module = ClassificationModule(net, SGD, 5, tta="flip_translate").eval()
+    assert torch.allclose(module.evaluation_logits(images), expected, atol=1e-6)
+    assert not torch.allclose(expected, flip(images), atol=1e-3)  # the shifted views count
+    run = ClassificationServing().checkpoint_runner(Logits(net), "cpu", "flip_translate")
+    assert torch.allclose(run(images), expected, atol=1e-6)
+
+
 def test_segmentation_flip_scale_is_the_mean_probability_over_views_resized_back():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 5, padding=2)).eval()
@@ -146,6 +171,8 @@ def test_modes_a_task_lacks_are_one_sentence():
         SegmentationModule(net, SGD, 3, tta="mirror")
     with pytest.raises(UserError, match=r"^tta=flip_scale is not available for detection models"):
         tta.checked("detection", "flip_scale")
+    with pytest.raises(UserError, match=r"^model.tta=flip_translate is not available for segmentation models"):
+        SegmentationModule(net, SGD, 3, tta="flip_translate")
 
 
 @pytest.fixture(scope="module")

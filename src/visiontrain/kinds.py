@@ -74,7 +74,7 @@ register(
         sample_grid="visiontrain.plots.data:classification_samples",
         statistics_figures="visiontrain.plots.data:classification_figures",
         tta="visiontrain.tasks.tta:classification_tta",
-        tta_modes=("flip",),
+        tta_modes=("flip", "flip_translate"),
         samplers=("balanced",),
     )
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -23,12 +24,18 @@ class OptunaPruning(Callback):
     Hydra job (study storage from ``hydra.sweeper``, trial number = job number), stops like EarlyStopping
     (rank 0 decides, every DDP rank stops), and marks the trial so that the sweeper tells it as pruned.
     Outside an Optuna sweep it does nothing.
+
+    ``time_budget`` (seconds, or null): a trial whose training, projected from its epochs so far (validation
+    included) to ``trainer.max_epochs``, would take longer is pruned too: the search is for the best accuracy
+    within a wall-time budget (hparams_search=cifar10_budget), and a trial over it is no answer however accurate.
     """
 
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str, time_budget: float | None = None) -> None:
         self.monitor = monitor
+        self.time_budget = time_budget
         self._trial = None
         self._looked_up = False
+        self._fit_start = 0.0
 
     def _find_trial(self):
         import optuna
@@ -56,6 +63,13 @@ class OptunaPruning(Callback):
         (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == hydra.job.num]
         return optuna.trial.Trial(study, frozen._trial_id)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def projected_seconds(self, trainer: Trainer) -> float:
+        """The whole training's wall time at the pace of the epochs done so far."""
+        return (time.perf_counter() - self._fit_start) / (trainer.current_epoch + 1) * trainer.max_epochs
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -68,6 +82,11 @@ class OptunaPruning(Callback):
                 epoch = trainer.current_epoch
                 self._trial.report(float(value), step=epoch)
                 should_prune = self._trial.should_prune()
+                projected = self.projected_seconds(trainer)
+                if not should_prune and self.time_budget is not None and projected > self.time_budget:
+                    should_prune = True
+                    log.info("Optuna trial #%d over its time budget: %.0f s projected for %d epochs, budget %.0f s",
+                             self._trial.number, projected, trainer.max_epochs, self.time_budget)  # fmt: skip
                 if should_prune:
                     self._trial.set_user_attr(PRUNED_AT, epoch)
                     log.info(

@@ -72,17 +72,40 @@ class StudyReport:
     config_command: list[str] = field(default_factory=list)
 
 
+def hydra_text(value: Any) -> str:
+    """A choice() value as Hydra's override grammar writes it: ``null``, ``true``, ``0.5``, ``[32,64,64]``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return repr(value)
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def is_list_text(value: Any) -> bool:
+    """Whether a sampled value is a list or dict choice, which the study holds as its Hydra text (Optuna's
+    categorical values are numbers, strings, booleans or null)."""
+    if not isinstance(value, str) or not value.startswith(("[", "{")):
+        return False
+    try:
+        return isinstance(OverridesParser.create().parse_override(f"x={value}").value(), (list, dict))
+    except Exception:
+        return False
+
+
 def trial_overrides(params: dict[str, Any]) -> list[str]:
     """``key=value`` overrides of a trial's sampled parameters, as Hydra reads them back."""
     parser = OverridesParser.create()
     overrides = []
     for key, value in params.items():
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        try:  # a string Hydra would read differently is quoted
-            if isinstance(value, str) and parser.parse_override(f"{key}={text}").value() != value:
+        text = value if isinstance(value, str) else hydra_text(value)
+        if isinstance(value, str) and not is_list_text(value):
+            try:  # a string Hydra would read differently is quoted
+                if parser.parse_override(f"{key}={text}").value() != value:
+                    text = repr(value)
+            except Exception:
                 text = repr(value)
-        except Exception:
-            text = repr(value)
         overrides.append(f"{key}={text}")
     return overrides
 

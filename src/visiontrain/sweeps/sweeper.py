@@ -62,6 +62,7 @@ from visiontrain.sweeps.report import (
     OVERRIDES,
     SEARCH_PATH,
     command_line,
+    hydra_text,
     objective_names,
     trial_overrides,
     write_study_report,
@@ -92,9 +93,8 @@ def distribution(override: Override) -> BaseDistribution:
     log_scale = "log" in tags
     name = override.get_key_element()
     if isinstance(sweep, ChoiceSweep):
-        choices = list(sweep.list)
-        if any(not isinstance(c, (type(None), bool, int, float, str)) for c in choices):
-            raise SearchSpaceError(f"{name}: choice() values must be numbers, strings, booleans or null")
+        # lists and dicts (model.net.widths=choice([32,64,64],[64,128,128])) are held as their Hydra text
+        choices = [hydra_text(c) if isinstance(c, (list, dict)) else c for c in sweep.list]
         return CategoricalDistribution(choices)
     if isinstance(sweep, RangeSweep):
         start, stop, step = sweep.start, sweep.stop, sweep.step or 1

@@ -70,7 +70,8 @@ def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
 class ClassificationModule(VisionTask):
     """Cross-entropy training of ``net`` (``class_weights``: null, a weight per class, or ``balanced``: the
     training split's inverse class frequencies); accuracy (top-1/top-5), per-class accuracy and confusion matrix
-    at test. ``tta``: the test-time augmentation of validation and test (visiontrain.tasks.tta: none | flip), not
+    at test. ``tta``: the test-time augmentation of validation and test (visiontrain.tasks.tta: none | flip |
+    flip_translate), not
     of ``forward()``, which exports call.
 
     Only plain values are saved as hyperparameters (the network and the optimizer partials are

@@ -3,7 +3,9 @@ modules' validation and test (``model.tta``; ``tta=`` of eval.py) and a checkpoi
 predict.py). Exported files never carry it: export.py writes the plain network, and predict.py refuses ``tta=``
 with ``model_path=``.
 
-- classification ``flip``: the mean of the logits of each image and its mirror image;
+- classification ``flip``: the mean of the logits of each image and its mirror image; ``flip_translate``
+  (airbench's multi-crop): half that, plus half the mean of the same over the image shifted one pixel up-left and
+  one pixel down-right (reflect padding), six views in all;
 - segmentation ``flip`` / ``flip_scale``: the mean of the softmax probabilities over each image and its mirror
   image (``flip``), at each of ``SCALES`` (``flip_scale``), every map resized back to the input's size; returned
   as log-probabilities, which everything that takes logits (argmax, cross-entropy, Dice's softmax) takes as they
@@ -25,6 +27,8 @@ from torchvision.ops import batched_nms
 from visiontrain import kinds
 from visiontrain.errors import UserError
 
+# flip_translate's shift in pixels (airbench trains with 2-pixel translations and tests at 1)
+TRANSLATE = 1
 # flip_scale's scales, each image resized by these factors
 SCALES = (0.75, 1.0, 1.25)
 # scaled sizes are rounded to multiples of this: encoders with output stride 32 (U-Net, FPN, ...) need them
@@ -54,6 +58,8 @@ def augmented(task: str, mode: str, forward: Callable[[Any], Any], images: Any) 
 
 # --- each kind's entry (visiontrain.kinds): (mode, forward, inputs) -> outputs ----------------------------------
 def classification_tta(mode: str, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor):
+    if mode == "flip_translate":
+        return flip_translate_logits(forward, images, TRANSLATE)
     return flip_logits(forward, images)
 
 
@@ -67,6 +73,19 @@ def detection_tta(mode: str, forward: Callable[[list[torch.Tensor]], list[dict]]
 
 def flip_logits(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     return (forward(images) + forward(images.flip(-1))) / 2
+
+
+def flip_translate_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, shift: int
+) -> torch.Tensor:
+    """Half the flip logits of ``images``, half the mean flip logits of ``images`` shifted ``shift`` pixels up-left
+    and down-right, the uncovered border filled by reflection."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (shift,) * 4, mode="reflect")
+    up_left = padded[..., :height, :width]
+    down_right = padded[..., 2 * shift :, 2 * shift :]
+    shifted = (flip_logits(forward, up_left) + flip_logits(forward, down_right)) / 2
+    return (flip_logits(forward, images) + shifted) / 2
 
 
 def scaled_size(size: int, scale: float) -> int:
